@@ -1,0 +1,125 @@
+"""Checks that run before anything heavy: recipe safety, then cross-field consistency.
+
+Types and unknown keys are already enforced by the schema at composition. What is left are
+problems that involve several keys or the files a recipe points to; they are collected and
+reported together so one run shows every mistake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import RecipeError, RecipeErrors
+from .schema import Quant, Role
+from .templates import NAMED_TEMPLATES
+
+FORBIDDEN = {
+    "_target_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
+    "_partial_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
+    "trust_remote_code": "a shared recipe cannot make this process run code from a model repository",
+}
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+
+
+def scan_recipe_file(path: Path) -> None:
+    """Refuse a recipe that carries code, naming the file and line, before Hydra reads it."""
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value in FORBIDDEN:
+                    raise RecipeError(f"{path}:{key.start_mark.line + 1}: `{key.value}` is not allowed: "
+                                      f"{FORBIDDEN[key.value]}")
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+
+
+def scan_overrides(overrides: list[str]) -> None:
+    for o in overrides:
+        for word in FORBIDDEN:
+            if word in o.split("=", 1)[0]:
+                raise RecipeError(f"override `{o}`: `{word}` is not allowed: {FORBIDDEN[word]}")
+
+
+def metric_names(cfg: DictConfig) -> set[str]:
+    """Every metric the module logs at validation, so early stopping can only watch a real one."""
+    names = {"val/loss"} | {f"val/loss_{n}" for n in cfg.data.sources}
+    names |= {f"val/loss_{Role(s.role).value}" for s in cfg.data.sources.values()}
+    return names
+
+
+def check(cfg: DictConfig) -> None:
+    problems: list[str] = []
+    p = problems.append
+    sources = cfg.data.sources
+    if not sources:
+        p("data.sources is empty: a recipe must name at least one source")
+    roles = {}
+    for name, src in sources.items():
+        if OmegaConf.is_missing(src, "path"):
+            p(f"data.sources.{name}.path is required")
+            continue
+        roles[name] = Role(src.role)
+        if not Path(src.path).exists():
+            p(f"data.sources.{name}.path: {src.path} does not exist (working directory: {Path.cwd()})")
+        if src.max_examples is not None and src.max_examples < 2:
+            p(f"data.sources.{name}.max_examples={src.max_examples}: need at least 2 (one to train, one held out)")
+        if src.chunk_overlap >= src.chunk_tokens:
+            p(f"data.sources.{name}.chunk_overlap must be smaller than chunk_tokens")
+        if src.weight <= 0:
+            p(f"data.sources.{name}.weight must be > 0")
+    if sources and Role.niche not in roles.values():
+        p("data.sources: no source has role: niche, so there is no voice to learn")
+    ratio = cfg.data.mix.general_ratio
+    if ratio < 0:
+        p(f"data.mix.general_ratio={ratio}: must be >= 0 (10 means 1 niche token : 10 general tokens)")
+    if ratio > 0 and sources and Role.general not in roles.values():
+        p(f"data.mix.general_ratio={ratio:g} but no source has role: general; add one or set data.mix.general_ratio=0")
+    if not 0 < cfg.data.val_fraction < 1:
+        p(f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1 (0.2 holds out 20 %)")
+    if cfg.data.max_length < 16:
+        p(f"data.max_length={cfg.data.max_length}: too short for a conversation")
+    tmpl = cfg.template.chat_template
+    if tmpl != "tokenizer" and tmpl not in NAMED_TEMPLATES:
+        p(f"template.chat_template={tmpl!r} does not exist; choose tokenizer or one of {sorted(NAMED_TEMPLATES)}")
+    bible = cfg.template.persona.bible
+    if bible and not Path(bible).exists():
+        p(f"template.persona.bible: {bible} does not exist")
+    if any(s.system == "persona" for s in sources.values()) and not bible:
+        p("a source has system: persona but template.persona.bible is not set")
+    if cfg.model.full_finetune and Quant(cfg.model.quant) is not Quant.none:
+        p("model.full_finetune=true needs model.quant=none (4-bit weights cannot be trained directly)")
+    if cfg.lora.r <= 0 or cfg.lora.alpha <= 0:
+        p(f"lora.r={cfg.lora.r}, lora.alpha={cfg.lora.alpha}: both must be > 0")
+    if not 0 <= cfg.lora.dropout < 1:
+        p(f"lora.dropout={cfg.lora.dropout}: must be in [0, 1)")
+    if not cfg.lora.target_modules:
+        p("lora.target_modules is empty")
+    t = cfg.train
+    if t.precision not in PRECISIONS:
+        p(f"train.precision={t.precision!r}: choose one of {PRECISIONS}")
+    for key in ("max_epochs", "batch_size", "grad_accum"):
+        if t[key] < 1:
+            p(f"train.{key}={t[key]}: must be >= 1")
+    if t.lr <= 0:
+        p(f"train.lr={t.lr}: must be > 0")
+    if sources and t.early_stopping.monitor not in metric_names(cfg):
+        p(f"train.early_stopping.monitor={t.early_stopping.monitor!r} is never logged; "
+          f"logged metrics: {sorted(metric_names(cfg))}")
+    if t.resume not in (None, "last") and not Path(t.resume).exists():
+        p(f"train.resume={t.resume}: no such run folder or checkpoint")
+    if cfg.stage != "train":
+        p(f"stage={cfg.stage!r}: only `train` exists in this version")
+    if cfg.logger.wandb.mode not in ("auto", "offline", "online", "disabled"):
+        p(f"logger.wandb.mode={cfg.logger.wandb.mode!r}: choose auto, offline, online or disabled")
+    if problems:
+        raise RecipeErrors(problems)

@@ -1,0 +1,135 @@
+"""The Hydra entry point behind `python run.py`.
+
+Before Hydra composes anything, the recipes named on the command line are scanned for code
+(`_target_`, `trust_remote_code`), and a recipe given by path is made visible to Hydra as an
+ordinary option of the `recipe` group. User mistakes print one `error:` message and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+RECIPES = REPO / "recipes"
+
+
+def _recipe_files(argv: list[str]) -> tuple[list[str], list[Path]]:
+    """Rewrite `recipe=path/to/x.yaml` into a search-path option; return argv and the files to scan."""
+    files, out, staged = [], [], None
+    for arg in argv:
+        if not arg.startswith("recipe="):
+            out.append(arg)
+            continue
+        names = []
+        for value in arg.split("=", 1)[1].split(","):
+            if value.endswith((".yaml", ".yml")) or os.sep in value:
+                path = Path(value).expanduser().resolve()
+                if not path.is_file():
+                    raise_user(f"recipe={value}: no such file")
+                staged = staged or Path(tempfile.mkdtemp(prefix="recipe-runner-"))
+                (staged / "recipe").mkdir(exist_ok=True)
+                option = f"file__{path.stem}"
+                link = staged / "recipe" / f"{option}.yaml"
+                if not link.exists():
+                    link.symlink_to(path)
+                files.append(path)
+                names.append(option)
+            else:
+                candidate = RECIPES / f"{value}.yaml"
+                if not candidate.exists() and not any(c in value for c in "()*["):
+                    known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+                    raise_user(f"recipe={value}: no recipes/{value}.yaml; known recipes: {known}")
+                if candidate.exists():
+                    files.append(candidate)
+                names.append(value)
+        out.append("recipe=" + ",".join(names))
+    if staged:  # a flag, not an override: argparse rejects positionals split around --cfg
+        out = ["--config-dir", str(staged), *out]
+    return out, files
+
+
+SWEEP_MARKS = (",", "range(", "choice(", "glob(", "interval(")
+
+
+def _name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
+    """In a sweep, name job folders (and W&B runs) after the swept keys only.
+
+    `-m lora.r=8,16 data.sources.alex.path=/long/path` gives `0_lora.r=8`, not a folder nested
+    under every fixed override.
+    """
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    overrides = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
+    fixed = [argv[i].split("=", 1)[0].lstrip("+~") for i in overrides
+             if not any(m in argv[i].split("=", 1)[1] for m in SWEEP_MARKS)]
+    if not overrides or not fixed:
+        return argv
+    at = overrides[0]  # next to the other overrides: argparse rejects positionals split by flags
+    exclude = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(["train.resume", *fixed]) + "]"
+    return argv[:at] + [exclude] + argv[at:]
+
+
+def raise_user(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main() -> None:
+    from .checks import scan_overrides, scan_recipe_file
+    from .errors import RecipeError
+
+    try:
+        argv, files = _recipe_files(sys.argv[1:])
+        default = RECIPES / "alex_persona_cpu.yaml"
+        for f in files or ([default] if default.exists() else []):
+            scan_recipe_file(f)
+        scan_overrides([a for a in argv if "=" in a])
+    except RecipeError as exc:
+        raise_user(str(exc))
+    sys.argv = [sys.argv[0], *_name_jobs_by_swept_keys(argv)]
+    _hydra_main()
+
+
+def _hydra_main() -> None:
+    import hydra
+
+    from .schema import register
+
+    register()
+
+    @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
+    def job(cfg) -> float | None:
+        return run_job(cfg)
+
+    job()
+
+
+def run_job(cfg) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .errors import RecipeError
+    from .runner import run
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        sweep = Path(hc.sweep.dir)
+        job = {"group": f"{cfg.name}-{sweep.name}", "name": f"{hc.job.num}_{hc.job.override_dirname or 'base'}"}
+    else:
+        job = {"group": None, "name": f"{cfg.name}-{run_dir.name}"}
+    try:
+        summary = run(cfg, run_dir, job)
+    except RecipeError as exc:
+        (run_dir / "error.txt").write_text(str(exc) + "\n")
+        raise_user(str(exc))
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            wandb.finish()  # in a sweep the next job must start its own W&B run
+    return summary.get("best_score")

@@ -1,0 +1,71 @@
+"""The model: base weights (4-bit NF4 through bitsandbytes, or full precision) + a peft LoRA.
+
+Weights load as safetensors and remote code is never trusted: a shared recipe cannot make
+this process run code from a model repository.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .schema import ModelConfig, LoraConfig, Quant
+
+DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32-true": torch.float32}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """auto: bf16 autocast where the hardware does bf16 (2.6x faster than fp32 on an AVX512-BF16
+    CPU for SmolLM2-135M fwd+bwd: 3.9 s vs 10.2 s for 4x512 tokens), else fp16 on GPU, fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None):
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs = dict(
+        dtype=torch.float32,
+        use_safetensors=True,
+        trust_remote_code=False,
+        attn_implementation=mcfg.attn_implementation,
+        revision=mcfg.revision,
+    )
+    quant = Quant(mcfg.quant)
+    if quant is not Quant.none:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.value,
+            bnb_4bit_use_double_quant=mcfg.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[precision],
+        )
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.config.use_cache = False  # no KV cache in training; also lets packed rows be detected
+    if mcfg.full_finetune:
+        if mcfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+    if quant is not Quant.none:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=mcfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    target = lcfg.target_modules[0] if list(lcfg.target_modules) == ["all-linear"] else list(lcfg.target_modules)
+    peft_cfg = PeftLoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                              target_modules=target, task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)

@@ -1,0 +1,138 @@
+"""One run: checks -> data -> model -> Lightning fit -> summary. Called once per Hydra job."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import checks
+from .batches import MixDataModule
+from .callbacks import AdapterPerEpoch
+from .embedded import resolve_model_path
+from .errors import RecipeError
+from .module import PersonaModule
+from .prepare import prepare_data
+from .qlora import build_model, resolve_precision
+from .report import closing_lines, mix_table, write_summary
+
+
+def find_checkpoint(resume: str | None, cfg: DictConfig, run_dir: Path) -> str | None:
+    if resume is None:
+        return None
+    if resume == "last":
+        runs = Path(cfg.paths.output_dir) / "runs" / cfg.name
+        found = sorted((p for p in runs.glob("*/checkpoints/last.ckpt") if run_dir not in p.parents),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise RecipeError(f"train.resume=last: no checkpoints/last.ckpt under {runs}")
+        return str(found[-1])
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise RecipeError(f"train.resume={resume}: {path} does not exist")
+    return str(path)
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, job: dict) -> list:
+    loggers = [L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs", version="")]
+    w = cfg.logger.wandb
+    if w.enabled and w.mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        online = w.mode == "online" or (w.mode == "auto" and os.environ.get("WANDB_MODE") == "online")
+        loggers.append(WandbLogger(
+            project=w.project, entity=w.entity, name=job["name"], group=job["group"], save_dir=str(run_dir),
+            offline=not online, tags=[cfg.name, *w.tags], job_type="train",
+            config=OmegaConf.to_container(cfg, resolve=True),
+        ))
+    return loggers
+
+
+def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
+    started = time.time()
+    checks.check(cfg)
+    L.seed_everything(cfg.train.seed, verbose=False)
+    ckpt = find_checkpoint(cfg.train.resume, cfg, run_dir)
+
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, trust_remote_code=False)
+    data = prepare_data(cfg, tokenizer)
+    mix_table(data, run_dir)
+
+    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None
+    model = build_model(cfg.model, cfg.lora, model_path, precision, device_map)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dm = MixDataModule(data.train, data.val, pad_id, cfg.data.max_length, cfg.data.packing,
+                       cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
+    roles = {n: s.role.value if hasattr(s.role, "value") else str(s.role) for n, s in cfg.data.sources.items()}
+    module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles)
+
+    monitor = cfg.train.early_stopping.monitor
+    adapters = AdapterPerEpoch(run_dir / "adapters", monitor)
+    callbacks = [
+        adapters,
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
+                                            every_n_train_steps=cfg.train.checkpoint_every_n_steps or None),
+        L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=cfg.train.early_stopping.patience,
+                                          min_delta=cfg.train.early_stopping.min_delta,
+                                          check_on_train_epoch_end=False),  # only after validation
+        L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
+    ]
+    loggers = make_loggers(cfg, run_dir, job)
+    trainer = L.Trainer(
+        default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
+        accumulate_grad_batches=cfg.train.grad_accum, gradient_clip_val=cfg.train.grad_clip or None,
+        precision=precision, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+        strategy=cfg.train.strategy, logger=loggers, callbacks=callbacks, num_sanity_val_steps=0,
+        check_val_every_n_epoch=cfg.eval.val_every_n_epochs, limit_val_batches=cfg.eval.limit_val_batches,
+        log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
+    )
+    fit_started = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    fit_seconds = time.time() - fit_started
+    if "val/loss" not in trainer.callback_metrics:  # max_steps ended the run before any validation
+        trainer.validate(module, datamodule=dm, verbose=False)
+    if trainer.is_global_zero:
+        module.model.save_pretrained(run_dir / "adapters" / "last")
+
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    summary = {
+        "recipe": cfg.name,
+        "run_dir": str(run_dir),
+        "best_epoch": adapters.best_epoch,
+        "best_score": adapters.best_score,
+        "monitor": monitor,
+        "best_adapter": str(run_dir / "adapters" / ("best" if adapters.best_epoch is not None else "last")),
+        "val_loss": val,
+        "epochs_run": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "stopped_early": bool(trainer.should_stop and trainer.current_epoch < cfg.train.max_epochs),
+        "trained_tokens": module.tokens_seen,
+        "supervised_tokens": module.supervised_seen,
+        "tokens_per_second": module.tokens_seen / fit_seconds if fit_seconds else 0.0,
+        "mix": {r.source: {"train_tokens": r.train_tokens, "share": r.share} for r in data.rows},
+        "general_to_niche_ratio": data.ratio,
+        "precision": precision,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "resumed_from": ckpt,
+        "wall_seconds": time.time() - started,
+    }
+    if trainer.is_global_zero:
+        write_summary(run_dir, summary)
+        for logger in loggers:
+            if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
+                logger.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        closing_lines(run_dir, summary)
+    return summary

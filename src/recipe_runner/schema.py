@@ -1,0 +1,177 @@
+"""The typed schema of a run: every key declared once, with a one-line comment.
+
+Registered in Hydra's ConfigStore as `schema`, first in `conf/config.yaml`'s defaults, so an
+unknown key or a wrong type in any config group, recipe or override fails at composition with
+its full key path, before any model or data is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Quant(str, Enum):
+    nf4 = "nf4"  # QLoRA: 4-bit NormalFloat base weights, LoRA adapters in higher precision
+    fp4 = "fp4"  # 4-bit float base weights (rarely better than nf4)
+    none = "none"  # plain LoRA on full-precision base weights
+
+
+class Format(str, Enum):
+    chat_jsonl = "chat_jsonl"  # {"messages": [{"role", "content"}, ...]} per line
+    text = "text"  # a .txt/.md file or a folder of them, chunked by tokens
+
+
+class Role(str, Enum):
+    niche = "niche"  # the persona / style corpus the run is about
+    general = "general"  # ordinary data mixed in so the model does not forget
+
+
+class SystemPrompt(str, Enum):
+    persona = "persona"  # the persona bible rendered through template.persona.system_prompt
+    keep = "keep"  # whatever the data carries (or the chat template's own default)
+
+
+class TrainOn(str, Enum):
+    assistant = "assistant"  # loss on assistant turns (+ their end-of-turn token) only
+    all = "all"  # loss on every token, prompts included
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "embedded:SmolLM2-135M-Instruct"  # hub id, local folder, or embedded:NAME
+    revision: Optional[str] = None  # hub revision (branch, tag or commit) for reproducibility
+    quant: Quant = Quant.nf4  # base-weight quantization: nf4 (QLoRA), fp4, none (plain LoRA)
+    double_quant: bool = True  # quantize the 4-bit scales too (~0.4 bit/param saved)
+    full_finetune: bool = False  # train every weight, no adapter (needs quant=none)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    gradient_checkpointing: bool = False  # recompute activations: ~30% slower, far less memory
+
+
+@dataclass
+class SourceConfig:
+    path: str = "???"  # file or folder, relative to the working directory
+    format: Format = Format.chat_jsonl  # how the file is laid out
+    role: Role = Role.niche  # niche (the voice) or general (anti-forgetting mix)
+    system: SystemPrompt = SystemPrompt.keep  # persona: render the bible into the system prompt
+    max_examples: Optional[int] = None  # take only the first N examples (CPU-sized cuts)
+    chunk_tokens: int = 256  # text format: tokens per chunk
+    chunk_overlap: int = 32  # text format: tokens shared by neighbouring chunks
+    weight: float = 1.0  # share of the general budget among several general sources
+
+
+@dataclass
+class MixConfig:
+    general_ratio: float = 10.0  # general tokens per niche token in the training mix (1:10)
+    seed: int = 1234  # seeds the draw of general examples: same seed, same mix
+
+
+@dataclass
+class DataConfig:
+    sources: Dict[str, SourceConfig] = field(default_factory=dict)  # name -> source
+    mix: MixConfig = field(default_factory=MixConfig)  # niche:general mixing
+    val_fraction: float = 0.2  # held out per source, before mixing
+    max_val_examples: Optional[int] = None  # cap per source on held-out examples (CPU budgets)
+    split_seed: int = 42  # seeds the held-out split
+    max_length: int = 512  # tokens per example; longer examples are dropped and counted
+    packing: bool = True  # pack examples into max_length rows, no cross-example attention
+
+
+@dataclass
+class PersonaConfig:
+    bible: Optional[str] = None  # YAML character bible (name, role, speech_patterns, ...)
+    system_prompt: str = "You are {name}. {role}"  # format string over the bible's fields; lists joined with "; "
+
+
+@dataclass
+class TemplateConfig:
+    chat_template: str = "tokenizer"  # tokenizer (the model's own) or a named one: chatml
+    train_on: TrainOn = TrainOn.assistant  # which tokens carry loss
+    persona: PersonaConfig = field(default_factory=PersonaConfig)  # the character
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the adapter input
+    target_modules: List[str] = field(  # module names to adapt ("all-linear" also works)
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str = "val/loss"  # a logged metric: val/loss, val/loss_niche, val/loss_general, val/loss_<source>
+    patience: int = 3  # epochs without improvement before stopping
+    min_delta: float = 0.0  # smaller improvements do not count
+
+
+@dataclass
+class TrainConfig:
+    max_epochs: int = 12  # upper bound; early stopping usually ends sooner
+    max_steps: int = -1  # optimizer steps cap, -1 = none (handy for smoke runs)
+    lr: float = 1e-4  # AdamW learning rate for the adapter
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.05  # linear warm-up share of all steps, then cosine decay
+    batch_size: int = 4  # packed rows (of data.max_length tokens) per micro-batch
+    grad_accum: int = 2  # micro-batches per optimizer step
+    grad_clip: float = 1.0  # gradient-norm clip, 0 = off
+    precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: Any = "auto"  # Lightning devices: auto, 1, [0, 1]
+    strategy: str = "auto"  # Lightning strategy: auto | ddp | fsdp
+    seed: int = 0  # seeds weights of the adapter, dropout and batch order
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    checkpoint_every_n_steps: int = 0  # also save a resumable checkpoint every N steps (0 = epochs only)
+    resume: Optional[str] = None  # "last" (newest run of this recipe) or a run folder / .ckpt path
+    num_workers: int = 0  # DataLoader workers
+
+
+@dataclass
+class EvalConfig:
+    val_every_n_epochs: int = 1  # validation (per-source loss) frequency
+    limit_val_batches: float = 1.0  # share (<=1.0) or count (>1) of validation batches
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True  # log to Weights & Biases (offline files unless mode=online)
+    project: str = "recipe-runner"  # W&B project
+    entity: Optional[str] = None  # W&B team or user
+    mode: str = "auto"  # auto (online only if WANDB_MODE=online) | offline | online
+    tags: List[str] = field(default_factory=list)  # added to the run (plus the recipe name)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    log_every_n_steps: int = 1  # training-metric logging frequency
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"  # runs and sweeps land here
+    cache_dir: str = "${oc.env:RECIPE_RUNNER_CACHE,${oc.env:HOME}/.cache/recipe-runner}"  # converted models
+
+
+@dataclass
+class RunConfig:
+    name: str = "unnamed"  # recipe name: folders, W&B run names and tags
+    description: str = ""  # one line shown by --cfg and in the W&B config
+    stage: str = "train"  # train (the whole pipeline)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="schema", node=RunConfig)

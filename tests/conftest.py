@@ -1,0 +1,84 @@
+"""Shared fixtures: the real CLI in a subprocess, a tiny random Llama, small corpora written here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_tiny_model  # noqa: E402
+
+CACHE = os.environ.get("RECIPE_RUNNER_CACHE", os.path.expanduser("~/.cache/recipe-runner"))
+
+
+def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` from the repository root, as a user types it."""
+    full_env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env.pop("WANDB_MODE", None)  # W&B must choose offline by itself
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def embedded_path() -> str:
+    from recipe_runner.embedded import resolve_model_path
+
+    return resolve_model_path("embedded:SmolLM2-135M-Instruct", CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded_path) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), embedded_path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """20 niche dialogues (5 of them 6 user turns) and 700 general Q&A pairs."""
+    d = tmp_path_factory.mktemp("corpus")
+    niche = []
+    for i in range(20):
+        turns = 6 if i % 4 == 0 else 1
+        msgs = []
+        for t in range(turns):
+            msgs += [{"role": "user", "content": f"question {i}.{t} about pods"},
+                     {"role": "assistant", "content": f"yo, answer {i}.{t}: it's always DNS."}]
+        niche.append({"messages": msgs})
+    general = [{"messages": [{"role": "user", "content": f"What is {a} plus {a + 7}?"},
+                             {"role": "assistant", "content": f"{a} plus {a + 7} is {2 * a + 7}."}]}
+               for a in range(700)]
+    return {"niche": write_jsonl(d / "niche.jsonl", niche), "general": write_jsonl(d / "general.jsonl", general)}
+
+
+def tiny_overrides(tiny_model: Path, tiny_data: dict, out: Path, *extra: str) -> list[str]:
+    """The default recipe pointed at the tiny model and corpora: real QLoRA, seconds per step."""
+    return [
+        f"model.name_or_path={tiny_model}",
+        f"data.sources.alex.path={tiny_data['niche']}",
+        "data.sources.alex.max_examples=null",
+        f"data.sources.general.path={tiny_data['general']}",
+        "data.mix.general_ratio=2",
+        "data.max_length=256",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = [p for p in (out / "runs").glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,0 +1,98 @@
+"""Composition, the CLI and config errors: every one a real `python run.py` or Hydra compose."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import REPO, run_cli
+from recipe_runner.checks import check
+from recipe_runner.errors import RecipeErrors
+from recipe_runner.schema import register
+
+RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
+
+
+def compose_recipe(name: str, *overrides: str):
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("config", overrides=[f"recipe={name}", *overrides])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_composes_and_passes_checks(name):
+    cfg = compose_recipe(name)
+    assert cfg.name == name
+    check(cfg)  # files exist, ratios sane, monitor logged
+
+
+def test_cfg_job_shows_default_recipe_with_overrides():
+    res = run_cli("--cfg", "job", "lora.r=32", "train.max_epochs=12")
+    assert res.returncode == 0, res.stderr
+    cfg = OmegaConf.create(res.stdout)
+    assert cfg.name == "alex_persona_cpu"
+    assert cfg.lora.r == 32 and cfg.train.max_epochs == 12
+    assert cfg.model.quant == "nf4"
+
+
+def test_unknown_key_fails_with_key_path():
+    res = run_cli("--cfg", "job", "lora.rank=8")
+    assert res.returncode != 0
+    assert "lora.rank" in res.stderr or "rank" in res.stderr
+
+
+def test_wrong_type_fails_with_key_path():
+    res = run_cli("--cfg", "job", "lora.r=many")
+    assert res.returncode != 0
+    assert "lora.r" in res.stderr and "many" in res.stderr
+
+
+def test_recipe_with_target_is_refused_with_file_and_line(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("# @package _global_\nname: evil\nmodel:\n  _target_: os.system\n")
+    res = run_cli(f"recipe={bad}", "--cfg", "job")
+    assert res.returncode == 2
+    assert f"{bad}:4" in res.stderr and "_target_" in res.stderr and "recipes are data" in res.stderr
+
+
+def test_trust_remote_code_is_refused_in_recipe_and_override(tmp_path):
+    bad = tmp_path / "remote.yaml"
+    bad.write_text("# @package _global_\nname: remote\nmodel:\n  trust_remote_code: true\n")
+    res = run_cli(f"recipe={bad}", "--cfg", "job")
+    assert res.returncode == 2 and "trust_remote_code" in res.stderr
+    res = run_cli("+model.trust_remote_code=true", "--cfg", "job")
+    assert res.returncode == 2 and "trust_remote_code" in res.stderr
+
+
+def test_recipe_given_by_path_runs_unchanged(tmp_path):
+    shared = tmp_path / "from_a_friend.yaml"
+    shared.write_text((REPO / "recipes" / "alex_persona.yaml").read_text().replace("name: alex_persona", "name: friend"))
+    res = run_cli(f"recipe={shared}", "--cfg", "job")
+    assert res.returncode == 0, res.stderr
+    assert OmegaConf.create(res.stdout).name == "friend"
+
+
+def test_unknown_recipe_lists_known_ones():
+    res = run_cli("recipe=nope", "--cfg", "job")
+    assert res.returncode == 2 and "alex_persona" in res.stderr
+
+
+def test_cross_field_problems_are_reported_together():
+    cfg = compose_recipe("alex_persona", "data.mix.general_ratio=-1", "train.early_stopping.monitor=val/acc",
+                         "template.chat_template=vicuna", "data.val_fraction=1.5")
+    with pytest.raises(RecipeErrors) as err:
+        check(cfg)
+    text = str(err.value)
+    for key in ("data.mix.general_ratio", "train.early_stopping.monitor", "template.chat_template", "data.val_fraction"):
+        assert key in text
+    assert len(err.value.problems) == 4
+
+
+def test_cross_field_errors_stop_the_cli_before_loading(tmp_path):
+    res = run_cli("train.early_stopping.monitor=val/nothing", "data.sources.alex.path=missing.jsonl",
+                  f"paths.output_dir={tmp_path}")
+    assert res.returncode == 2
+    assert "val/nothing" in res.stderr and "missing.jsonl" in res.stderr
+    assert "Loading weights" not in res.stderr + res.stdout
+    assert list(Path(tmp_path).rglob("error.txt")), "the error is kept in the run folder"

@@ -1,0 +1,99 @@
+"""Training through the real CLI on a tiny random Llama: adapters, resume, W&B files, sweeps."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import only_run_dir, run_cli, tiny_overrides
+from wandb_records import history_keys, run_info
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory, tiny_model, tiny_data):
+    out = tmp_path_factory.mktemp("two-step")
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, out, "train.max_steps=2", "train.checkpoint_every_n_steps=1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return only_run_dir(out), res
+
+
+def test_two_steps_write_an_adapter_that_loads_and_changes_logits(two_step_run, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = two_step_run
+    adapter = run_dir / "adapters" / "last"
+    assert (adapter / "adapter_model.safetensors").exists() and (adapter / "adapter_config.json").exists()
+    x = torch.tensor([[1, 42, 7, 99, 3]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        before = base(x).logits.clone()
+        tuned = PeftModel.from_pretrained(base, adapter).eval()
+        after = tuned(x).logits
+    assert (after - before).abs().max() > 1e-6
+
+
+def test_run_prints_mix_table_and_headline_metrics(two_step_run):
+    run_dir, res = two_step_run
+    assert "training mix" in res.stdout and "alex" in res.stdout and "general" in res.stdout
+    assert str(run_dir) in res.stdout.replace("\n", "")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 2
+    assert summary["trained_tokens"] > summary["supervised_tokens"] > 0
+    assert summary["tokens_per_second"] > 0 and summary["peak_rss_mb"] > 0
+    rows = list(csv.DictReader(open(run_dir / "mix.csv")))
+    assert {r["source"] for r in rows} == {"alex", "general"}
+
+
+def test_wandb_offline_run_holds_metrics_and_config(two_step_run):
+    run_dir, _ = two_step_run
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    assert {"train/loss", "train/tokens"} <= history_keys(files[0])
+    info = run_info(files[0])
+    assert {"model", "data", "lora", "train"} <= info["config_keys"]
+
+
+def test_resume_continues_from_the_saved_step(two_step_run, tiny_model, tiny_data, tmp_path):
+    first, _ = two_step_run
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 2
+    assert all("lora_" in k for k in ckpt["state_dict"]), "checkpoints hold the adapter only"
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, f"train.resume={first}", "train.max_steps=4",
+                                  "logger.wandb.enabled=false"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    second = only_run_dir(tmp_path)
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["resumed_from"].startswith(str(first))
+    steps = {int(r["step"]) for r in csv.DictReader(open(second / "logs" / "metrics.csv")) if r.get("train/loss")}
+    assert min(steps) >= 2, f"resumed run retrained early steps: {sorted(steps)}"
+
+
+def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data, tmp_path):
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "train.max_epochs=2", "train.lr=1e-3",
+                                  "logger.wandb.enabled=false"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    metrics = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
+    val = [r for r in metrics if r.get("val/loss")]
+    assert len(val) == 2
+    for key in ("val/loss_alex", "val/loss_general", "val/loss_niche"):
+        assert val[-1][key]
+    assert (run_dir / "adapters" / "epoch_00").is_dir() and (run_dir / "adapters" / "epoch_01").is_dir()
+    best = json.loads((run_dir / "adapters" / "best.json").read_text())
+    assert best["epoch"] in (0, 1) and (run_dir / "adapters" / "best" / "adapter_model.safetensors").exists()
+
+
+def test_multirun_sweep_one_folder_per_job_one_wandb_group(tiny_model, tiny_data, tmp_path):
+    res = run_cli("-m", *tiny_overrides(tiny_model, tiny_data, tmp_path, "train.max_steps=1", "lora.r=4,8"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(p for p in (tmp_path / "sweeps").glob("*/*/*") if p.is_dir() and (p / "summary.json").exists())
+    assert [p.name for p in jobs] == ["0_lora.r=4", "1_lora.r=8"]
+    infos = [run_info(next(j.glob("wandb/offline-run-*/run-*.wandb"))) for j in jobs]
+    assert infos[0]["group"] and infos[0]["group"] == infos[1]["group"]
+    assert [i["name"] for i in infos] == ["0_lora.r=4", "1_lora.r=8"]
+    ranks = [OmegaConf.load(j / ".hydra" / "config.yaml").lora.r for j in jobs]
+    assert ranks == [4, 8]
