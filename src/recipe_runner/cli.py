@@ -7,7 +7,9 @@ ordinary option of the `recipe` group. User mistakes print one `error:` message 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +32,9 @@ def _recipe_files(argv: list[str]) -> tuple[list[str], list[Path]]:
                 path = Path(value).expanduser().resolve()
                 if not path.is_file():
                     raise_user(f"recipe={value}: no such file")
-                staged = staged or Path(tempfile.mkdtemp(prefix="recipe-runner-"))
+                if staged is None:
+                    staged = Path(tempfile.mkdtemp(prefix="recipe-runner-"))
+                    atexit.register(shutil.rmtree, staged, ignore_errors=True)
                 (staged / "recipe").mkdir(exist_ok=True)
                 option = f"file__{path.stem}"
                 link = staged / "recipe" / f"{option}.yaml"

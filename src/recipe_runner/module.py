@@ -9,6 +9,7 @@ N x 49,152 float logits it would allocate.
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -44,6 +45,8 @@ class PersonaModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable (adapter) weights
         self.tokens_seen = 0  # non-pad tokens trained on
         self.supervised_seen = 0  # tokens that carried loss
+        self.train_seconds = 0.0  # inside training batches (forward, backward, optimizer), no validation
+        self._batch_started = 0.0
         self._val = {}
 
     def training_step(self, batch, batch_idx):
@@ -54,6 +57,12 @@ class PersonaModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/tokens", float(self.tokens_seen), batch_size=1)
         return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.train_seconds += time.perf_counter() - self._batch_started
 
     def on_validation_epoch_start(self):
         self._val = {name: [0.0, 0] for name in self.val_sources}
@@ -98,7 +107,9 @@ class PersonaModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["supervised_seen"] = self.supervised_seen
+        checkpoint["train_seconds"] = self.train_seconds
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.supervised_seen = checkpoint.get("supervised_seen", 0)
+        self.train_seconds = checkpoint.get("train_seconds", 0.0)
