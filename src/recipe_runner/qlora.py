@@ -32,12 +32,30 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
+def enable_checkpointing(model, fraction: float) -> None:
+    """Recompute activations in an evenly spaced `fraction` of the decoder layers.
+
+    SmolLM2-135M on 2 CPU cores, 2 x 512-token rows: no checkpointing 358 tok/s at 3.5 GB peak
+    RSS, every layer 208 tok/s at 1.6 GB; half of them sits in between on both.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for i, layer in enumerate(layers):  # fraction 0.5 -> layers 1, 3, 5, ...
+        layer.gradient_checkpointing = int((i + 1) * fraction) > int(i * fraction)
+
+
 def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    # Frozen weights (embeddings, norms, and the base itself under quant=none) are stored in the
+    # compute dtype: under bf16 autocast an fp32 residual stream only doubles activation memory.
+    # The LoRA weights peft adds stay float32 for the optimizer.
+    base_dtype = DTYPES[precision]
     kwargs = dict(
-        dtype=torch.float32,
+        dtype=base_dtype,
         use_safetensors=True,
         trust_remote_code=False,
         attn_implementation=mcfg.attn_implementation,
@@ -57,13 +75,13 @@ def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, 
     model.config.use_cache = False  # no KV cache in training; also lets packed rows be detected
     if mcfg.full_finetune:
         if mcfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model, mcfg.checkpoint_fraction)
         return model
-    if quant is not Quant.none:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=mcfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif mcfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Not peft's prepare_model_for_kbit_training: it upcasts every frozen non-4-bit weight to fp32.
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if mcfg.gradient_checkpointing:
+        enable_checkpointing(model, mcfg.checkpoint_fraction)
         model.enable_input_require_grads()
     target = lcfg.target_modules[0] if list(lcfg.target_modules) == ["all-linear"] else list(lcfg.target_modules)
     peft_cfg = PeftLoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,

@@ -48,7 +48,8 @@ class ModelConfig:
     double_quant: bool = True  # quantize the 4-bit scales too (~0.4 bit/param saved)
     full_finetune: bool = False  # train every weight, no adapter (needs quant=none)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
-    gradient_checkpointing: bool = False  # recompute activations: ~30% slower, far less memory
+    gradient_checkpointing: bool = False  # recompute activations: slower, far less memory
+    checkpoint_fraction: float = 1.0  # share of decoder layers recomputed when checkpointing (0.5 = every other)
 
 
 @dataclass
