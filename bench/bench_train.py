@@ -15,7 +15,7 @@ Three runs, each in its own subprocess, one after another (never in parallel), s
   trl_packing  the same with packing=True (TRL's default "bfd" packing, which turns on padding-free)
 
 Matched between the sides: base weights (the folder resolve_model_path gives for the recipe's model,
-loaded float32, sdpa), BitsAndBytesConfig (4-bit quant type, double quant and compute dtype built like
+sdpa; TRL loads the frozen weights in float32, its default; ours stores them in the compute dtype), BitsAndBytesConfig (4-bit quant type, double quant and compute dtype built like
 qlora.build_model), peft LoRA (r, alpha, dropout, target_modules, CAUSAL_LM), max_length, learning rate,
 weight decay, grad-clip norm, seed, gradient accumulation, device (CPU/GPU) and the training examples:
 the exact examples of prepare_data's mix.train (niche + general after split and token mix),
@@ -110,21 +110,15 @@ class Meter:
 
 
 def load_common(cfg):
-    """Exactly the runner's order: seed, model path, tokenizer, prepare_data, precision."""
+    """Exactly the runner's data path: seed, model path, tokenizer, prepare_data, precision."""
     import lightning as L
     import torch
-    from transformers import AutoTokenizer
-    from recipe_runner.embedded import resolve_model_path
-    from recipe_runner.prepare import prepare_data
-    from recipe_runner.qlora import resolve_precision
+    from recipe_runner.runner import load_data
 
     L.seed_everything(cfg.train.seed, verbose=False)
-    model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
-    tok = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, trust_remote_code=False)
-    mix = prepare_data(cfg, tok)
-    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    parts = load_data(cfg)
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
-    return tok, model_path, mix, precision, on_gpu
+    return parts, on_gpu
 
 
 def adapter_dtype(model) -> str:
@@ -134,19 +128,12 @@ def adapter_dtype(model) -> str:
 
 def run_ours(cfg, steps: int, warmup: int, workdir: Path) -> dict:
     import lightning as L
-    from recipe_runner.batches import MixDataModule
-    from recipe_runner.module import PersonaModule
-    from recipe_runner.qlora import build_model
+    from recipe_runner.runner import build_training
     from recipe_runner.schema import TrainOn
 
-    tok, model_path, mix, precision, on_gpu = load_common(cfg)
-    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None
-    model = build_model(cfg.model, cfg.lora, model_path, precision, device_map)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    dm = MixDataModule(mix.train, mix.val, pad_id, cfg.data.max_length, cfg.data.packing,
-                       cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
-    roles = {n: s.role.value if hasattr(s.role, "value") else str(s.role) for n, s in cfg.data.sources.items()}
-    module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles)
+    parts, _ = load_common(cfg)
+    mix, precision = parts.data, parts.precision
+    model, dm, module = build_training(cfg, parts)
     meter = Meter(warmup)
 
     class Timer(L.Callback):
@@ -199,7 +186,8 @@ def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: 
     from recipe_runner.qlora import DTYPES
     from recipe_runner.schema import Quant
 
-    tok, model_path, mix, precision, on_gpu = load_common(cfg)
+    parts, on_gpu = load_common(cfg)
+    tok, model_path, mix, precision = parts.tokenizer, parts.model_path, parts.data, parts.precision
     dataset = trl_dataset(cfg, tok, mix)
     lengths = mix.train["n_tokens"]
     if packing:

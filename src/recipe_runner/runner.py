@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -16,10 +17,12 @@ from .batches import MixDataModule
 from .callbacks import AdapterPerEpoch
 from .embedded import resolve_model_path
 from .errors import RecipeError
+from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
 from .qlora import build_model, resolve_precision
 from .report import closing_lines, mix_table, write_summary
+from .schema import Role
 
 
 def find_checkpoint(resume: str | None, cfg: DictConfig, run_dir: Path) -> str | None:
@@ -38,6 +41,38 @@ def find_checkpoint(resume: str | None, cfg: DictConfig, run_dir: Path) -> str |
     if not path.exists():
         raise RecipeError(f"train.resume={resume}: {path} does not exist")
     return str(path)
+
+
+@dataclass
+class DataParts:
+    model_path: str  # a folder or hub id from_pretrained can open
+    tokenizer: object
+    data: Mix
+    precision: str  # resolved Lightning precision (auto -> bf16-mixed / 16-mixed / 32-true)
+
+
+def load_data(cfg: DictConfig) -> DataParts:
+    """Everything before the weights: model path (converting an embedded model once), tokenizer, mix."""
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, trust_remote_code=False)
+    data = prepare_data(cfg, tokenizer)
+    return DataParts(model_path, tokenizer, data, resolve_precision(cfg.train.precision, cfg.train.accelerator))
+
+
+def build_training(cfg: DictConfig, parts: DataParts) -> tuple:
+    """The model with its adapter, the data module and the Lightning module (also used by bench/)."""
+    on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None
+    model = build_model(cfg.model, cfg.lora, parts.model_path, parts.precision, device_map)
+    tok = parts.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    dm = MixDataModule(parts.data.train, parts.data.val, pad_id, cfg.data.max_length, cfg.data.packing,
+                       cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
+    roles = {n: Role(s.role).value for n, s in cfg.data.sources.items()}
+    module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles)
+    return model, dm, module
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, job: dict) -> list:
@@ -61,22 +96,10 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     L.seed_everything(cfg.train.seed, verbose=False)
     ckpt = find_checkpoint(cfg.train.resume, cfg, run_dir)
 
-    from transformers import AutoTokenizer
-
-    model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, trust_remote_code=False)
-    data = prepare_data(cfg, tokenizer)
-    mix_table(data, run_dir)
-
-    precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
-    on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
-    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None
-    model = build_model(cfg.model, cfg.lora, model_path, precision, device_map)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    dm = MixDataModule(data.train, data.val, pad_id, cfg.data.max_length, cfg.data.packing,
-                       cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
-    roles = {n: s.role.value if hasattr(s.role, "value") else str(s.role) for n, s in cfg.data.sources.items()}
-    module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles)
+    data_parts = load_data(cfg)
+    mix_table(data_parts.data, run_dir)
+    model, dm, module = build_training(cfg, data_parts)
+    data, precision = data_parts.data, data_parts.precision
 
     monitor = cfg.train.early_stopping.monitor
     adapters = AdapterPerEpoch(run_dir / "adapters", monitor)
