@@ -117,6 +117,7 @@ def run_job(cfg) -> float | None:
     from hydra.types import RunMode
 
     from .errors import RecipeError
+    from .report import closing_lines
     from .runner import run
 
     hc = HydraConfig.get()
@@ -136,4 +137,6 @@ def run_job(cfg) -> float | None:
             import wandb
 
             wandb.finish()  # in a sweep the next job must start its own W&B run
+    if (run_dir / "summary.json").exists():  # rank zero wrote it; the headline comes last
+        closing_lines(run_dir, summary)
     return summary.get("best_score")

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .mixing import Mix
 
-console = Console()
+console = Console(soft_wrap=True)  # long run paths stay on one line, copy-pasteable
 
 
 def mix_table(m: Mix, run_dir: Path) -> None:

@@ -21,7 +21,7 @@ from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
 from .qlora import build_model, resolve_precision
-from .report import closing_lines, mix_table, write_summary
+from .report import mix_table, write_summary
 from .schema import Role
 
 
@@ -158,5 +158,4 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         for logger in loggers:
             if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
                 logger.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        closing_lines(run_dir, summary)
     return summary
