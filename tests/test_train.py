@@ -97,3 +97,13 @@ def test_multirun_sweep_one_folder_per_job_one_wandb_group(tiny_model, tiny_data
     assert [i["name"] for i in infos] == ["0_lora.r=4", "1_lora.r=8"]
     ranks = [OmegaConf.load(j / ".hydra" / "config.yaml").lora.r for j in jobs]
     assert ranks == [4, 8]
+
+
+def test_a_failing_sweep_job_is_recorded_and_the_others_run(tiny_model, tiny_data, tmp_path):
+    args = tiny_overrides(tiny_model, tiny_data, tmp_path, "train.max_steps=1", "logger.wandb.enabled=false")
+    args = [a for a in args if not a.startswith("data.mix.general_ratio")] + ["data.mix.general_ratio=500,2"]
+    res = run_cli("-m", *args)
+    assert res.returncode != 0
+    jobs = {p.name: p for p in (tmp_path / "sweeps").glob("*/*/*") if p.is_dir()}
+    assert "must supply" in (jobs["0_data.mix.general_ratio=500"] / "error.txt").read_text()
+    assert (jobs["1_data.mix.general_ratio=2"] / "summary.json").exists()

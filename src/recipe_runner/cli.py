@@ -131,6 +131,8 @@ def run_job(cfg) -> float | None:
         summary = run(cfg, run_dir, job)
     except RecipeError as exc:
         (run_dir / "error.txt").write_text(str(exc) + "\n")
+        if hc.mode == RunMode.MULTIRUN:
+            raise  # Hydra records it, runs the other jobs, and reports the failure at the end
         raise_user(str(exc))
     finally:
         if "wandb" in sys.modules:
