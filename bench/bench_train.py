@@ -171,7 +171,7 @@ def trl_dataset(cfg, tok, mix):
     encoder = Encoder(tok, cfg.template, systems, render_persona(cfg.template))
     by_ids = {}
     for name, src in cfg.data.sources.items():
-        for ex in load_source(name, src, tok):
+        for ex in load_source(name, src, tok).examples:
             if ex["text"]:
                 raise SystemExit(f"source {name!r} is plain text: the TRL side here supports chat sources only")
             by_ids[tuple(encoder(ex)["input_ids"])] = encoder.with_system(name, ex["messages"])

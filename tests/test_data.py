@@ -122,6 +122,6 @@ def test_plain_text_source_is_chunked_with_overlap(tmp_path, tok):
     (folder / "a.txt").write_text(" ".join(f"word{i}" for i in range(400)))
     (folder / "b.md").write_text("A short diary entry.")
     src = OmegaConf.structured(SourceConfig(path=str(folder), format="text", chunk_tokens=128, chunk_overlap=16))
-    rows = load_source("diary", src, tok)
+    rows = load_source("diary", src, tok).examples
     assert len(rows) >= 4 and all(r["messages"] == [] and r["text"] for r in rows)
     assert rows[-1]["text"] == "A short diary entry."

@@ -26,6 +26,7 @@ class MixRow:
     val_examples: int
     val_tokens: int
     dropped_too_long: int
+    bad_lines: int = 0  # malformed lines skipped (on_bad_line: skip)
     share: float = 0.0  # of the training tokens
 
 
@@ -62,7 +63,7 @@ def take_tokens(ds: Dataset, budget: int, seed: int) -> Dataset:
 
 
 def mix(encoded: dict[str, Dataset], roles: dict[str, Role], weights: dict[str, float],
-        dropped: dict[str, int], cfg: DataConfig) -> Mix:
+        dropped: dict[str, int], cfg: DataConfig, bad_lines: dict[str, int] | None = None) -> Mix:
     trains, vals = {}, {}
     for name, ds in encoded.items():
         trains[name], vals[name] = split(ds, cfg.val_fraction, cfg.split_seed, cfg.max_val_examples)
@@ -91,7 +92,7 @@ def mix(encoded: dict[str, Dataset], roles: dict[str, Role], weights: dict[str, 
 
     rows = [
         MixRow(n, roles[n].value, len(trains.get(n, [])), sum(trains[n]["n_tokens"]) if n in trains else 0,
-               len(vals[n]), sum(vals[n]["n_tokens"]), dropped.get(n, 0))
+               len(vals[n]), sum(vals[n]["n_tokens"]), dropped.get(n, 0), (bad_lines or {}).get(n, 0))
         for n in encoded
     ]
     total = sum(r.train_tokens for r in rows) or 1

@@ -22,9 +22,11 @@ def prepare_data(cfg, tokenizer) -> Mix:
     persona = render_persona(tcfg)
     systems = {n: SystemPrompt(s.system) for n, s in cfg.data.sources.items()}
     encoder = Encoder(tokenizer, tcfg, systems, persona)
-    encoded, dropped = {}, {}
+    encoded, dropped, bad = {}, {}, {}
     for name, src in cfg.data.sources.items():
-        raw = Dataset.from_list(load_source(name, src, tokenizer))
+        loaded = load_source(name, src, tokenizer)
+        bad[name] = loaded.bad_lines
+        raw = Dataset.from_list(loaded.examples)
         ds = raw.map(encoder, remove_columns=raw.column_names, desc=f"templating {name}")
         ds = ds.add_column("source", [name] * len(ds))
         kept = ds.filter(lambda n: n <= cfg.data.max_length, input_columns="n_tokens", desc=f"length {name}")
@@ -36,4 +38,4 @@ def prepare_data(cfg, tokenizer) -> Mix:
         encoded[name] = kept
     roles = {n: Role(s.role) for n, s in cfg.data.sources.items()}
     weights = {n: s.weight for n, s in cfg.data.sources.items()}
-    return mix(encoded, roles, weights, dropped, cfg.data)
+    return mix(encoded, roles, weights, dropped, cfg.data, bad)

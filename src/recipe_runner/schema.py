@@ -21,8 +21,17 @@ class Quant(str, Enum):
 
 
 class Format(str, Enum):
-    chat_jsonl = "chat_jsonl"  # {"messages": [{"role", "content"}, ...]} per line
+    chat_jsonl = "chat_jsonl"  # {"messages": [{"role", "content"}, ...]} per line (or a .json array)
+    sharegpt = "sharegpt"  # {"conversations": [{"from", "value"}, ...]}; speakers mapped by role_names
+    alpaca = "alpaca"  # {"instruction", "input", "output", "system"?, "history"?: [[q, a], ...]}
     text = "text"  # a .txt/.md file or a folder of them, chunked by tokens
+    text_jsonl = "text_jsonl"  # {"text": ...} per line, chunked by tokens
+    table = "table"  # .csv or .parquet through `columns`
+
+
+class BadLine(str, Enum):
+    error = "error"  # stop at the first malformed line, naming file and line
+    skip = "skip"  # skip malformed lines and count them in the mix table
 
 
 class Role(str, Enum):
@@ -62,6 +71,12 @@ class SourceConfig:
     chunk_tokens: int = 256  # text format: tokens per chunk
     chunk_overlap: int = 32  # text format: tokens shared by neighbouring chunks
     weight: float = 1.0  # share of the general budget among several general sources
+    on_bad_line: BadLine = BadLine.error  # error | skip (skipped lines are counted)
+    columns: Dict[str, str] = field(default_factory=dict)  # table: {prompt, response, system?} or {text} -> column
+    role_names: Dict[str, str] = field(  # sharegpt: speaker -> role
+        default_factory=lambda: {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                                 "system": "system"}
+    )
 
 
 @dataclass

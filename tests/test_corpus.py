@@ -1,0 +1,105 @@
+"""Every source format normalised to one conversation form; bad lines named or skipped."""
+
+import json
+
+import pytest
+from datasets import Dataset
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+
+from conftest import write_jsonl
+from recipe_runner.corpus import load_source
+from recipe_runner.errors import RecipeError
+from recipe_runner.schema import SourceConfig
+
+QA = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+
+
+@pytest.fixture(scope="module")
+def tok(embedded_path):
+    return AutoTokenizer.from_pretrained(embedded_path)
+
+
+def src(path, **kw):
+    return OmegaConf.structured(SourceConfig(path=str(path), **kw))
+
+
+def test_sharegpt_with_default_and_custom_speakers(tmp_path, tok):
+    path = write_jsonl(tmp_path / "sg.jsonl", [
+        {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "q1"},
+                           {"from": "gpt", "value": "a1"}]},
+        {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
+    ])
+    ex = load_source("sg", src(path, format="sharegpt"), tok).examples
+    assert ex[0]["messages"] == [{"role": "system", "content": "be brief"}, *QA]
+    custom = write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"from": "me", "value": "q1"},
+                                                                   {"from": "bot", "value": "a1"}]}])
+    ex = load_source("c", src(custom, format="sharegpt", role_names={"me": "user", "bot": "assistant"}), tok).examples
+    assert ex[0]["messages"] == QA
+    with pytest.raises(RecipeError, match=r"c.jsonl:1: conversations\[0\] has unknown speaker 'me'"):
+        load_source("c", src(custom, format="sharegpt"), tok)
+
+
+def test_alpaca_with_input_system_and_history_from_a_json_array(tmp_path, tok):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([
+        {"instruction": "Translate", "input": "hola", "output": "hello", "system": "you translate",
+         "history": [["hi", "yo"]]},
+        {"instruction": "Say yes", "input": "", "output": "yes"},
+    ]))
+    ex = load_source("a", src(path, format="alpaca"), tok).examples
+    assert ex[0]["messages"] == [
+        {"role": "system", "content": "you translate"}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"}, {"role": "user", "content": "Translate\n\nhola"},
+        {"role": "assistant", "content": "hello"}]
+    assert ex[1]["messages"] == [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
+    path.write_text(json.dumps([{"instruction": "x"}]))
+    with pytest.raises(RecipeError, match=r'alpaca.json\[0\]: expected a string "output"'):
+        load_source("a", src(path, format="alpaca"), tok)
+
+
+def test_csv_and_parquet_through_a_column_mapping(tmp_path, tok):
+    rows = {"question": ["q1", "q2"], "answer": ["a1", "a2"], "body": ["long text one", "long text two"]}
+    Dataset.from_dict(rows).to_csv(str(tmp_path / "t.csv"), index=False)
+    Dataset.from_dict(rows).to_parquet(str(tmp_path / "t.parquet"))
+    for name in ("t.csv", "t.parquet"):
+        ex = load_source("t", src(tmp_path / name, format="table", columns={"prompt": "question",
+                                                                            "response": "answer"}), tok).examples
+        assert ex[0]["messages"] == QA and len(ex) == 2
+        ex = load_source("t", src(tmp_path / name, format="table", columns={"text": "body"}), tok).examples
+        assert ex[1] == {"source": "t", "messages": [], "text": "long text two"}
+    with pytest.raises(RecipeError, match=r"t.csv:line 2: no column\(s\) \['prompt_col'\]"):
+        load_source("t", src(tmp_path / "t.csv", format="table", columns={"prompt": "prompt_col",
+                                                                          "response": "answer"}), tok)
+    with pytest.raises(RecipeError, match="format table needs a column mapping"):
+        load_source("t", src(tmp_path / "t.csv", format="table"), tok)
+
+
+def test_text_jsonl_is_chunked(tmp_path, tok):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": " ".join(f"w{i}" for i in range(300))}, {"text": "short"}])
+    ex = load_source("t", src(path, format="text_jsonl", chunk_tokens=64, chunk_overlap=8), tok).examples
+    assert len(ex) > 3 and ex[-1]["text"] == "short"
+    assert all(len(tok(e["text"], add_special_tokens=False)["input_ids"]) <= 66 for e in ex)
+
+
+def test_on_bad_line_skip_counts_instead_of_failing(tmp_path, tok):
+    good = json.dumps({"messages": QA})
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes((good + "\n{broken\n" + good + "\n").encode() + b'{"messages": "\xff"}\n')
+    with pytest.raises(RecipeError, match="mixed.jsonl:2: broken JSON"):
+        load_source("m", src(path), tok)
+    loaded = load_source("m", src(path, on_bad_line="skip"), tok)
+    assert len(loaded.examples) == 2 and loaded.bad_lines == 2
+
+
+def test_skipped_lines_show_in_the_mix_table(tmp_path, tiny_data, embedded_path):
+    from recipe_runner.prepare import prepare_data
+    from test_config import compose_recipe
+
+    lines = tiny_data["niche"].read_text().splitlines()
+    noisy = tmp_path / "noisy.jsonl"
+    noisy.write_text("\n".join(lines[:5] + ["not json"] + lines[5:]) + "\n")
+    cfg = compose_recipe("alex_persona", f"data.sources.alex.path={noisy}", "data.sources.alex.on_bad_line=skip",
+                         f"data.sources.general.path={tiny_data['general']}", "data.mix.general_ratio=2")
+    mix = prepare_data(cfg, AutoTokenizer.from_pretrained(embedded_path))
+    assert {r.source: r.bad_lines for r in mix.rows} == {"alex": 1, "general": 0}
