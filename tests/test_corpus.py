@@ -103,3 +103,38 @@ def test_skipped_lines_show_in_the_mix_table(tmp_path, tiny_data, embedded_path)
                          f"data.sources.general.path={tiny_data['general']}", "data.mix.general_ratio=2")
     mix = prepare_data(cfg, AutoTokenizer.from_pretrained(embedded_path))
     assert {r.source: r.bad_lines for r in mix.rows} == {"alex": 1, "general": 0}
+
+
+def test_cleaning_filters_report_what_they_drop(tmp_path, tiny_data, embedded_path):
+    from recipe_runner.cleaning import clean
+    from recipe_runner.schema import CleanConfig
+
+    ok = {"source": "s", "messages": QA, "text": ""}
+    chat = lambda *turns: {"source": "s", "text": "", "messages": [  # noqa: E731
+        {"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]}
+    examples = [
+        ok, dict(ok),                                              # exact duplicate
+        chat("hi", "   "),                                         # empty turn
+        {"source": "s", "text": "", "messages": QA[::-1]},         # assistant first
+        chat("Bob joined the group", "yo"),                        # service message
+        chat("IMG_2041.jpg", "nice"),                              # a file name alone
+        chat("https://example.com/x", "ok"),                       # URL-only line
+        chat("ticket #123 opened", "noted"),                       # recipe pattern
+        chat("q", "a", "q2", "a2", "q3", "a3"),                    # over max_turns=2
+    ]
+    cfg = OmegaConf.structured(CleanConfig(patterns=[r"^ticket #\d+"], max_turns=2, keep_samples=1))
+    kept, counts, samples = clean(examples, cfg)
+    assert kept == [ok]
+    assert counts == {"empty_turn": 1, "role_order": 1, "service_message": 4, "turn_bounds": 1, "exact_duplicate": 1}
+    assert len(samples["service_message"]) == 1
+    off = OmegaConf.structured(CleanConfig(service_messages=False, exact_dedup=False))
+    assert "service_message" not in clean(examples, off)[1]
+
+
+def test_demo_data_passes_cleaning_untouched(embedded_path):
+    from recipe_runner.prepare import prepare_data
+    from test_config import compose_recipe
+
+    mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0"),
+                       AutoTokenizer.from_pretrained(embedded_path))
+    assert all(sum(r.cleaned.values()) == 0 for r in mix.rows), [r.cleaned for r in mix.rows]

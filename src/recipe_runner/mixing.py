@@ -8,7 +8,7 @@ general pool: same seed, same examples.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
@@ -27,6 +27,7 @@ class MixRow:
     val_tokens: int
     dropped_too_long: int
     bad_lines: int = 0  # malformed lines skipped (on_bad_line: skip)
+    cleaned: dict = field(default_factory=dict)  # cleaning filter -> examples it dropped
     share: float = 0.0  # of the training tokens
 
 
@@ -35,6 +36,7 @@ class Mix:
     train: Dataset
     val: dict[str, Dataset]  # source -> held-out examples
     rows: list[MixRow]
+    dropped_samples: dict = field(default_factory=dict)  # source -> filter -> a few dropped examples
 
     @property
     def ratio(self) -> float:

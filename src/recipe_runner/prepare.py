@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datasets import Dataset, disable_caching
 
+from .cleaning import clean
 from .corpus import load_source
 from .errors import RecipeError
 from .mixing import Mix, mix
@@ -22,11 +23,14 @@ def prepare_data(cfg, tokenizer) -> Mix:
     persona = render_persona(tcfg)
     systems = {n: SystemPrompt(s.system) for n, s in cfg.data.sources.items()}
     encoder = Encoder(tokenizer, tcfg, systems, persona)
-    encoded, dropped, bad = {}, {}, {}
+    encoded, dropped, bad, cleaned, dropped_samples = {}, {}, {}, {}, {}
     for name, src in cfg.data.sources.items():
         loaded = load_source(name, src, tokenizer)
         bad[name] = loaded.bad_lines
-        raw = Dataset.from_list(loaded.examples)
+        kept, cleaned[name], dropped_samples[name] = clean(loaded.examples, cfg.data.clean)
+        if not kept:
+            raise RecipeError(f"data.clean: every example of source {name!r} was dropped: {cleaned[name]}")
+        raw = Dataset.from_list(kept)
         ds = raw.map(encoder, remove_columns=raw.column_names, desc=f"templating {name}")
         ds = ds.add_column("source", [name] * len(ds))
         kept = ds.filter(lambda n: n <= cfg.data.max_length, input_columns="n_tokens", desc=f"length {name}")
@@ -38,4 +42,8 @@ def prepare_data(cfg, tokenizer) -> Mix:
         encoded[name] = kept
     roles = {n: Role(s.role) for n, s in cfg.data.sources.items()}
     weights = {n: s.weight for n, s in cfg.data.sources.items()}
-    return mix(encoded, roles, weights, dropped, cfg.data, bad)
+    result = mix(encoded, roles, weights, dropped, cfg.data, bad)
+    for row in result.rows:
+        row.cleaned = cleaned[row.source]
+    result.dropped_samples = dropped_samples
+    return result

@@ -28,11 +28,34 @@ def mix_table(m: Mix, run_dir: Path) -> None:
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
+    filters = list(m.rows[0].cleaned)
+    flat = [{**{k: v for k, v in asdict(r).items() if k != "cleaned"},
+             **{f"cleaned_{f}": r.cleaned.get(f, 0) for f in filters}} for r in m.rows]
     with open(run_dir / "mix.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(asdict(m.rows[0])))
+        writer = csv.DictWriter(fh, fieldnames=list(flat[0]))
         writer.writeheader()
-        writer.writerows(asdict(r) for r in m.rows)
+        writer.writerows(flat)
+    lines += ["", "| source | " + " | ".join(filters) + " |", "|---|" + "---|" * len(filters)]
+    lines += ["| " + r.source + " | " + " | ".join(str(r.cleaned.get(f, 0)) for f in filters) + " |" for r in m.rows]
     (run_dir / "mix.md").write_text("\n".join(lines) + f"\n\ngeneral:niche = {m.ratio:.3f}:1 (tokens)\n")
+    cleaning_table(m, filters, run_dir)
+
+
+def cleaning_table(m: Mix, filters: list[str], run_dir: Path) -> None:
+    """Examples each cleaning filter dropped, per source; a few of them in dropped/<source>.<filter>.jsonl."""
+    table = Table(title="cleaning: examples dropped by each filter")
+    table.add_column("source")
+    for f in filters:
+        table.add_column(f, justify="right")
+    for r in m.rows:
+        table.add_row(r.source, *[f"{r.cleaned.get(f, 0):,}" for f in filters])
+    console.print(table)
+    for source, by_filter in m.dropped_samples.items():
+        for f, examples in by_filter.items():
+            if examples:
+                (run_dir / "dropped").mkdir(exist_ok=True)
+                with open(run_dir / "dropped" / f"{source}.{f}.jsonl", "w", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in examples)
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

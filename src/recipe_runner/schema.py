@@ -80,6 +80,18 @@ class SourceConfig:
 
 
 @dataclass
+class CleanConfig:
+    empty_turns: bool = True  # drop examples with an empty or whitespace-only turn
+    role_order: bool = True  # drop chats that do not alternate user/assistant (after one leading system)
+    service_messages: bool = True  # drop examples with a turn that is only a messenger artefact
+    patterns: List[str] = field(default_factory=list)  # extra regexes; a turn matching one is dropped as service
+    min_turns: int = 1  # fewest assistant turns a chat example may have
+    max_turns: Optional[int] = None  # most assistant turns (None = no limit)
+    exact_dedup: bool = True  # drop exact repeats (whitespace-normalised) within a source
+    keep_samples: int = 3  # dropped examples kept per filter and source, for inspection
+
+
+@dataclass
 class MixConfig:
     general_ratio: float = 10.0  # general tokens per niche token in the training mix (1:10)
     seed: int = 1234  # seeds the draw of general examples: same seed, same mix
@@ -89,6 +101,7 @@ class MixConfig:
 class DataConfig:
     sources: Dict[str, SourceConfig] = field(default_factory=dict)  # name -> source
     mix: MixConfig = field(default_factory=MixConfig)  # niche:general mixing
+    clean: CleanConfig = field(default_factory=CleanConfig)  # filters, applied per source
     val_fraction: float = 0.2  # held out per source, before mixing
     max_val_examples: Optional[int] = None  # cap per source on held-out examples (CPU budgets)
     split_seed: int = 42  # seeds the held-out split

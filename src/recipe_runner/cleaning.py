@@ -1,0 +1,88 @@
+"""Cleaning: filters that drop noisy examples, each reporting what it dropped.
+
+The articles' first lesson: raw chat logs teach noise (service messages, file names, empty
+turns, broken role order), and 200 clean dialogues beat 10,000 raw ones. Filters run per
+source, in a fixed order, on normalised examples; every filter counts its drops and keeps a
+few of them so a user can see what went.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from .schema import CleanConfig
+
+# A turn that is nothing but one of these is a messenger artefact, not speech.
+SERVICE_PATTERNS = [
+    r"(?i)^\s*\S+( \S+)? (joined|left) the (group|chat|channel)\.?\s*$",
+    r"(?i)^\s*(forwarded message|forwarded from\b.*)\s*$",
+    r"(?i)^\s*\S+\.(jpe?g|png|gif|webp|pdf|docx?|xlsx?|pptx?|mp4|mov|mp3|ogg|opus|zip|rar)\s*$",
+    r"^\s*(https?://\S+\s*)+$",
+    r"(?i)^\s*(<media omitted>|this message was deleted|message deleted|sticker|photo|voice message)\s*$",
+]
+
+
+def _turns(ex: dict) -> list[str]:
+    return [m["content"] for m in ex["messages"]] or [ex["text"]]
+
+
+def _empty_turn(ex: dict, cfg: CleanConfig, state) -> bool:
+    return any(not t.strip() for t in _turns(ex))
+
+
+def _role_order(ex: dict, cfg: CleanConfig, state) -> bool:
+    roles = [m["role"] for m in ex["messages"] if m["role"] != "system"]
+    if not roles:
+        return False
+    system_late = any(m["role"] == "system" for m in ex["messages"][1:])
+    alternating = all(r == ("user" if i % 2 == 0 else "assistant") for i, r in enumerate(roles))
+    return system_late or not alternating or roles[-1] != "assistant"
+
+
+def _service(ex: dict, cfg: CleanConfig, state) -> bool:
+    return any(p.search(t) for t in _turns(ex) for p in state["patterns"])
+
+
+def _turn_bounds(ex: dict, cfg: CleanConfig, state) -> bool:
+    if not ex["messages"]:
+        return False
+    n = sum(m["role"] == "assistant" for m in ex["messages"])
+    return n < cfg.min_turns or (cfg.max_turns is not None and n > cfg.max_turns)
+
+
+def _duplicate(ex: dict, cfg: CleanConfig, state) -> bool:
+    key = hashlib.sha1(json.dumps([ex["messages"], " ".join(ex["text"].split())]).encode()).digest()
+    seen = key in state["seen"]
+    state["seen"].add(key)
+    return seen
+
+
+# (name in reports, switch in CleanConfig, predicate: True = drop)
+FILTERS = [
+    ("empty_turn", "empty_turns", _empty_turn),
+    ("role_order", "role_order", _role_order),
+    ("service_message", "service_messages", _service),
+    ("turn_bounds", None, _turn_bounds),
+    ("exact_duplicate", "exact_dedup", _duplicate),
+]
+
+
+def clean(examples: list[dict], cfg: CleanConfig) -> tuple[list[dict], dict[str, int], dict[str, list[dict]]]:
+    """Return the kept examples, drops per filter, and up to cfg.keep_samples dropped examples per filter."""
+    state = {"seen": set(), "patterns": [re.compile(p) for p in [*SERVICE_PATTERNS, *cfg.patterns]]}
+    active = [(name, fn) for name, switch, fn in FILTERS if switch is None or cfg[switch]]
+    counts = {name: 0 for name, _ in active}
+    samples: dict[str, list[dict]] = {name: [] for name, _ in active}
+    kept = []
+    for ex in examples:
+        for name, fn in active:
+            if fn(ex, cfg, state):
+                counts[name] += 1
+                if len(samples[name]) < cfg.keep_samples:
+                    samples[name].append(ex)
+                break
+        else:
+            kept.append(ex)
+    return kept, counts, samples
