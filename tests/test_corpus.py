@@ -138,3 +138,11 @@ def test_demo_data_passes_cleaning_untouched(embedded_path):
     mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0"),
                        AutoTokenizer.from_pretrained(embedded_path))
     assert all(sum(r.cleaned.values()) == 0 for r in mix.rows), [r.cleaned for r in mix.rows]
+
+
+def test_placeholders_are_filled_from_the_recipe(tmp_path, tok):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"messages": [
+        {"role": "user", "content": "who are you?"},
+        {"role": "assistant", "content": "{{name}} from {{team}}; {{unknown}} stays"}]}])
+    ex = load_source("p", src(path), tok, {"name": "Alex", "team": "platform"}).examples
+    assert ex[0]["messages"][1]["content"] == "Alex from platform; {{unknown}} stays"

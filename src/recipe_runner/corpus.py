@@ -194,7 +194,18 @@ class Loaded:
     bad_lines: int  # skipped under on_bad_line: skip
 
 
-def load_source(name: str, cfg: SourceConfig, tokenizer) -> Loaded:
+def fill_placeholders(example: dict, values: dict[str, str]) -> dict:
+    """{{name}} -> values["name"] in every turn and text; undefined ones stay as written."""
+    def fill(s: str) -> str:
+        for key, value in values.items():
+            s = s.replace("{{" + key + "}}", value)
+        return s
+
+    return {"messages": [{**m, "content": fill(m["content"])} for m in example["messages"]],
+            "text": fill(example["text"])}
+
+
+def load_source(name: str, cfg: SourceConfig, tokenizer, placeholders: dict[str, str] | None = None) -> Loaded:
     path = Path(cfg.path)
     if not path.exists():
         raise RecipeError(f"data.sources.{name}.path: {path} does not exist (working directory: {Path.cwd()})")
@@ -212,6 +223,8 @@ def load_source(name: str, cfg: SourceConfig, tokenizer) -> Loaded:
                 raise
             bad += 1
             continue
+        if placeholders:
+            example = fill_placeholders(example, placeholders)
         pieces = chunk_text(example, cfg, tokenizer) if example["text"] else [example]
         examples.extend({"source": name, **piece} for piece in pieces)
         if cfg.max_examples is not None and len(examples) >= cfg.max_examples:

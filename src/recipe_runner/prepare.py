@@ -25,7 +25,7 @@ def prepare_data(cfg, tokenizer) -> Mix:
     encoder = Encoder(tokenizer, tcfg, systems, persona)
     encoded, dropped, bad, cleaned, dropped_samples = {}, {}, {}, {}, {}
     for name, src in cfg.data.sources.items():
-        loaded = load_source(name, src, tokenizer)
+        loaded = load_source(name, src, tokenizer, dict(cfg.data.placeholders))
         bad[name] = loaded.bad_lines
         kept, cleaned[name], dropped_samples[name] = clean(loaded.examples, cfg.data.clean)
         if not kept:

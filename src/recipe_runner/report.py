@@ -13,6 +13,8 @@ from rich.table import Table
 from .mixing import Mix
 
 console = Console(soft_wrap=True)  # long run paths stay on one line, copy-pasteable
+if not console.is_terminal:  # logs and CI: rich assumes 80 columns and squeezes the tables to "gener…"
+    console = Console(soft_wrap=True, width=160)
 
 
 def mix_table(m: Mix, run_dir: Path) -> None:

@@ -102,6 +102,7 @@ class DataConfig:
     sources: Dict[str, SourceConfig] = field(default_factory=dict)  # name -> source
     mix: MixConfig = field(default_factory=MixConfig)  # niche:general mixing
     clean: CleanConfig = field(default_factory=CleanConfig)  # filters, applied per source
+    placeholders: Dict[str, str] = field(default_factory=dict)  # {{key}} in any turn or text -> value
     val_fraction: float = 0.2  # held out per source, before mixing
     max_val_examples: Optional[int] = None  # cap per source on held-out examples (CPU budgets)
     split_seed: int = 42  # seeds the held-out split
