@@ -146,3 +146,22 @@ def test_placeholders_are_filled_from_the_recipe(tmp_path, tok):
         {"role": "assistant", "content": "{{name}} from {{team}}; {{unknown}} stays"}]}])
     ex = load_source("p", src(path), tok, {"name": "Alex", "team": "platform"}).examples
     assert ex[0]["messages"][1]["content"] == "Alex from platform; {{unknown}} stays"
+
+
+def test_stage_prepare_writes_data_only_and_is_deterministic(tmp_path, tiny_model, tiny_data):
+    from conftest import run_cli, tiny_overrides
+
+    hashes = []
+    for i, seed in enumerate([1234, 1234, 99]):
+        out = tmp_path / str(i)
+        res = run_cli("stage=prepare", *tiny_overrides(tiny_model, tiny_data, out, f"data.mix.seed={seed}"))
+        assert res.returncode == 0, res.stderr[-2000:]
+        run_dir = next((out / "runs").glob("*/*"))
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        hashes.append((manifest["manifest_sha256"], manifest["train_mix_sha256"]))
+        assert not (run_dir / "adapters").exists() and "Loading weights" not in res.stderr
+        held = [json.loads(line) for line in (run_dir / "heldout" / "alex.jsonl").read_text().splitlines()]
+        alex_val = next(c["val_examples"] for c in manifest["counts"] if c["source"] == "alex")
+        assert len(held) == alex_val > 0 and held[0]["messages"][0]["role"] == "user"
+        assert set(manifest["sources"]) == {"alex", "general"} and len(manifest["sources"]["alex"]["sha256"]) == 64
+    assert hashes[0] == hashes[1] and hashes[0][1] != hashes[2][1]

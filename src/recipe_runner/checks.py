@@ -119,8 +119,8 @@ def check(cfg: DictConfig) -> None:
           f"logged metrics: {sorted(metric_names(cfg))}")
     if t.resume not in (None, "last") and not Path(t.resume).exists():
         p(f"train.resume={t.resume}: no such run folder or checkpoint")
-    if cfg.stage != "train":
-        p(f"stage={cfg.stage!r}: only `train` exists in this version")
+    if cfg.stage not in ("train", "prepare"):
+        p(f"stage={cfg.stage!r}: choose train (everything) or prepare (data only)")
     if cfg.logger.wandb.mode not in ("auto", "offline", "online", "disabled"):
         p(f"logger.wandb.mode={cfg.logger.wandb.mode!r}: choose auto, offline, online or disabled")
     if problems:

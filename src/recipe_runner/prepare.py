@@ -5,6 +5,8 @@ Everything here runs before the model weights are loaded, so a data problem cost
 
 from __future__ import annotations
 
+import json
+
 from datasets import Dataset, disable_caching
 
 from .cleaning import clean
@@ -30,9 +32,11 @@ def prepare_data(cfg, tokenizer) -> Mix:
         kept, cleaned[name], dropped_samples[name] = clean(loaded.examples, cfg.data.clean)
         if not kept:
             raise RecipeError(f"data.clean: every example of source {name!r} was dropped: {cleaned[name]}")
-        raw = Dataset.from_list(kept)
-        ds = raw.map(encoder, remove_columns=raw.column_names, desc=f"templating {name}")
-        ds = ds.add_column("source", [name] * len(ds))
+        # `original` keeps each example as read (JSON), for the held-out files; messages and text
+        # are dropped after templating because their Arrow types differ between chat and text sources
+        raw = Dataset.from_list([{**e, "original": json.dumps({"messages": e["messages"], "text": e["text"]},
+                                                             ensure_ascii=False)} for e in kept])
+        ds = raw.map(encoder, remove_columns=["messages", "text"], desc=f"templating {name}")
         kept = ds.filter(lambda n: n <= cfg.data.max_length, input_columns="n_tokens", desc=f"length {name}")
         dropped[name] = len(ds) - len(kept)
         if len(kept) == 0:

@@ -67,6 +67,11 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def closing_lines(run_dir: Path, s: dict) -> None:
     console.rule("[bold]done")
     console.print(f"run folder     {run_dir}")
+    if s.get("stage") == "prepare":
+        console.print(f"held-out sets  {run_dir / 'heldout'}")
+        console.print(f"manifest       {run_dir / 'manifest.json'}  (sha256 {s['manifest_sha256'][:16]}...)")
+        console.print(f"mix            general:niche = {s['general_to_niche_ratio']:.3f}:1 in tokens")
+        return
     console.print(f"best adapter   {s.get('best_adapter')}  (epoch {s.get('best_epoch')}, "
                   f"{s.get('monitor')} = {s.get('best_score')})")
     for k, v in s.get("val_loss", {}).items():

@@ -17,6 +17,7 @@ from .batches import MixDataModule
 from .callbacks import AdapterPerEpoch
 from .embedded import resolve_model_path
 from .errors import RecipeError
+from .manifest import build_manifest, write_data_files
 from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
@@ -98,6 +99,14 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
 
     data_parts = load_data(cfg)
     mix_table(data_parts.data, run_dir)
+    manifest = build_manifest(cfg, data_parts.data, data_parts.model_path)
+    write_data_files(run_dir, data_parts.data, manifest)
+    if cfg.stage == "prepare":  # data only: no weights are loaded
+        summary = {"stage": "prepare", "recipe": cfg.name, "run_dir": str(run_dir),
+                   "manifest_sha256": manifest["manifest_sha256"], "train_mix_sha256": manifest["train_mix_sha256"],
+                   "general_to_niche_ratio": data_parts.data.ratio, "wall_seconds": time.time() - started}
+        write_summary(run_dir, summary)
+        return summary
     model, dm, module = build_training(cfg, data_parts)
     data, precision = data_parts.data, data_parts.precision
 
@@ -131,8 +140,10 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
 
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     summary = {
+        "stage": "train",
         "recipe": cfg.name,
         "run_dir": str(run_dir),
+        "manifest_sha256": manifest["manifest_sha256"],
         "best_epoch": adapters.best_epoch,
         "best_score": adapters.best_score,
         "monitor": monitor,
