@@ -125,10 +125,27 @@ def test_cleaning_filters_report_what_they_drop(tmp_path, tiny_data, embedded_pa
     cfg = OmegaConf.structured(CleanConfig(patterns=[r"^ticket #\d+"], max_turns=2, keep_samples=1))
     kept, counts, samples = clean(examples, cfg)
     assert kept == [ok]
-    assert counts == {"empty_turn": 1, "role_order": 1, "service_message": 4, "turn_bounds": 1, "exact_duplicate": 1}
+    assert counts == {"empty_turn": 1, "role_order": 1, "service_message": 4, "turn_bounds": 1,
+                      "exact_duplicate": 1, "near_duplicate": 0}
     assert len(samples["service_message"]) == 1
     off = OmegaConf.structured(CleanConfig(service_messages=False, exact_dedup=False))
     assert "service_message" not in clean(examples, off)[1]
+
+
+def test_near_duplicates_are_dropped_but_different_texts_kept():
+    from recipe_runner.cleaning import clean
+    from recipe_runner.schema import CleanConfig
+
+    base = ("honestly the cluster went down at three in the morning because somebody changed the dns "
+            "record by hand and nobody wrote it down anywhere so we spent two hours guessing")
+    near = base.replace("two hours", "three hours")
+    other = "the quarterly planning meeting moved to thursday and the agenda has eleven items again"
+    ex = [{"source": "s", "messages": [{"role": "user", "content": "what happened?"},
+                                       {"role": "assistant", "content": t}], "text": ""} for t in (base, near, other)]
+    kept, counts, _ = clean(ex, OmegaConf.structured(CleanConfig()))
+    assert counts["near_duplicate"] == 1 and [k["messages"][1]["content"] for k in kept] == [base, other]
+    kept, counts, _ = clean(ex, OmegaConf.structured(CleanConfig(near_dedup=False)))
+    assert len(kept) == 3 and "near_duplicate" not in counts
 
 
 def test_demo_data_passes_cleaning_untouched(embedded_path):

@@ -100,6 +100,8 @@ def check(cfg: DictConfig) -> None:
         p("model.full_finetune=true needs model.quant=none (4-bit weights cannot be trained directly)")
     if not 0 < cfg.model.checkpoint_fraction <= 1:
         p(f"model.checkpoint_fraction={cfg.model.checkpoint_fraction}: must be in (0, 1]")
+    if not 0 < cfg.data.clean.near_dup_threshold <= 1:
+        p(f"data.clean.near_dup_threshold={cfg.data.clean.near_dup_threshold}: must be in (0, 1]")
     if cfg.lora.r <= 0 or cfg.lora.alpha <= 0:
         p(f"lora.r={cfg.lora.r}, lora.alpha={cfg.lora.alpha}: both must be > 0")
     if not 0 <= cfg.lora.dropout < 1:

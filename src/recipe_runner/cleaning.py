@@ -59,6 +59,27 @@ def _duplicate(ex: dict, cfg: CleanConfig, state) -> bool:
     return seen
 
 
+def _shingles(ex: dict) -> set[bytes]:
+    words = " ".join(_turns(ex)).lower().split()
+    n = 3 if len(words) >= 3 else 1
+    return {" ".join(words[i : i + n]).encode() for i in range(max(len(words) - n + 1, 1))}
+
+
+def _near_duplicate(ex: dict, cfg: CleanConfig, state) -> bool:
+    """MinHash over word 3-grams; an example whose estimated Jaccard similarity to a kept one
+    reaches near_dup_threshold is dropped. One changed word in a 30-word reply already costs 3 of
+    ~30 shingles (Jaccard ~0.77), so the default is 0.7."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=64, seed=1)
+    m.update_batch(list(_shingles(ex)))
+    if state["lsh"].query(m):
+        return True
+    state["kept"] += 1
+    state["lsh"].insert(str(state["kept"]), m)
+    return False
+
+
 # (name in reports, switch in CleanConfig, predicate: True = drop)
 FILTERS = [
     ("empty_turn", "empty_turns", _empty_turn),
@@ -66,12 +87,18 @@ FILTERS = [
     ("service_message", "service_messages", _service),
     ("turn_bounds", None, _turn_bounds),
     ("exact_duplicate", "exact_dedup", _duplicate),
+    ("near_duplicate", "near_dedup", _near_duplicate),
 ]
 
 
 def clean(examples: list[dict], cfg: CleanConfig) -> tuple[list[dict], dict[str, int], dict[str, list[dict]]]:
     """Return the kept examples, drops per filter, and up to cfg.keep_samples dropped examples per filter."""
     state = {"seen": set(), "patterns": [re.compile(p) for p in [*SERVICE_PATTERNS, *cfg.patterns]]}
+    if cfg.near_dedup:
+        from datasketch import MinHashLSH
+
+        state["lsh"], state["kept"] = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=64), 0
+
     active = [(name, fn) for name, switch, fn in FILTERS if switch is None or cfg[switch]]
     counts = {name: 0 for name, _ in active}
     samples: dict[str, list[dict]] = {name: [] for name, _ in active}

@@ -88,6 +88,8 @@ class CleanConfig:
     min_turns: int = 1  # fewest assistant turns a chat example may have
     max_turns: Optional[int] = None  # most assistant turns (None = no limit)
     exact_dedup: bool = True  # drop exact repeats (whitespace-normalised) within a source
+    near_dedup: bool = True  # drop near repeats within a source (MinHash LSH over word 3-grams)
+    near_dup_threshold: float = 0.7  # estimated Jaccard (word 3-grams) at which two examples count as one
     keep_samples: int = 3  # dropped examples kept per filter and source, for inspection
 
 
