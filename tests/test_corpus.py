@@ -154,7 +154,7 @@ def test_demo_data_passes_cleaning_untouched(embedded_path):
 
     mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0"),
                        AutoTokenizer.from_pretrained(embedded_path))
-    assert all(sum(r.cleaned.values()) == 0 for r in mix.rows), [r.cleaned for r in mix.rows]
+    assert all(sum(r.cleaned.values()) == 0 and r.contaminated == 0 for r in mix.rows), [r.cleaned for r in mix.rows]
 
 
 def test_placeholders_are_filled_from_the_recipe(tmp_path, tok):
@@ -182,3 +182,21 @@ def test_stage_prepare_writes_data_only_and_is_deterministic(tmp_path, tiny_mode
         assert len(held) == alex_val > 0 and held[0]["messages"][0]["role"] == "user"
         assert set(manifest["sources"]) == {"alex", "general"} and len(manifest["sources"]["alex"]["sha256"]) == 64
     assert hashes[0] == hashes[1] and hashes[0][1] != hashes[2][1]
+
+
+def test_training_copies_of_held_out_examples_are_removed(tmp_path, tiny_data, embedded_path):
+    from recipe_runner.prepare import prepare_data
+    from test_config import compose_recipe
+
+    leaky = tmp_path / "leaky_general.jsonl"  # the general corpus also holds every niche dialogue
+    leaky.write_text(tiny_data["general"].read_text() + tiny_data["niche"].read_text())
+    tok = AutoTokenizer.from_pretrained(embedded_path)
+    args = [f"data.sources.alex.path={tiny_data['niche']}", f"data.sources.general.path={leaky}",
+            "data.mix.general_ratio=5", "data.sources.alex.system=keep"]
+    mix = prepare_data(compose_recipe("alex_persona", *args), tok)
+    rows = {r.source: r for r in mix.rows}
+    assert rows["general"].contaminated >= 1
+    held = {tuple(x) for x in mix.val["alex"]["input_ids"]}
+    assert not any(tuple(x) in held for x in mix.train["input_ids"])
+    clean_off = prepare_data(compose_recipe("alex_persona", *args, "data.clean.decontaminate=false"), tok)
+    assert all(r.contaminated == 0 for r in clean_off.rows)

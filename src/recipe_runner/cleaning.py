@@ -65,14 +65,42 @@ def _shingles(ex: dict) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode() for i in range(max(len(words) - n + 1, 1))}
 
 
-def _near_duplicate(ex: dict, cfg: CleanConfig, state) -> bool:
-    """MinHash over word 3-grams; an example whose estimated Jaccard similarity to a kept one
-    reaches near_dup_threshold is dropped. One changed word in a 30-word reply already costs 3 of
-    ~30 shingles (Jaccard ~0.77), so the default is 0.7."""
+def minhash(ex: dict):
     from datasketch import MinHash
 
     m = MinHash(num_perm=64, seed=1)
     m.update_batch(list(_shingles(ex)))
+    return m
+
+
+def decontaminate(trains: dict, vals: dict, threshold: float) -> tuple[dict, dict[str, int]]:
+    """Drop training examples that near-duplicate (or equal) any held-out example of any source.
+
+    A held-out set is only honest if no copy of it is trained on: the same dialogue pasted into
+    the general corpus would otherwise make val/loss_niche look better than it is.
+    `trains`/`vals` map source -> Dataset with an `original` (JSON) column.
+    """
+    import json
+
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=64)
+    for name, ds in vals.items():
+        for i, raw in enumerate(ds["original"]):
+            lsh.insert(f"{name}:{i}", minhash(json.loads(raw)))
+    removed = {}
+    for name, ds in trains.items():
+        keep = [i for i, raw in enumerate(ds["original"]) if not lsh.query(minhash(json.loads(raw)))]
+        removed[name] = len(ds) - len(keep)
+        trains[name] = ds.select(keep) if removed[name] else ds
+    return trains, removed
+
+
+def _near_duplicate(ex: dict, cfg: CleanConfig, state) -> bool:
+    """MinHash over word 3-grams; an example whose estimated Jaccard similarity to a kept one
+    reaches near_dup_threshold is dropped. One changed word in a 30-word reply already costs 3 of
+    ~30 shingles (Jaccard ~0.77), so the default is 0.7."""
+    m = minhash(ex)
     if state["lsh"].query(m):
         return True
     state["kept"] += 1

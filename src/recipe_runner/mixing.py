@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
+from .cleaning import decontaminate
 from .errors import RecipeError
 from .schema import DataConfig, Role
 
@@ -27,6 +28,7 @@ class MixRow:
     val_tokens: int
     dropped_too_long: int
     bad_lines: int = 0  # malformed lines skipped (on_bad_line: skip)
+    contaminated: int = 0  # training examples dropped as near-copies of a held-out example
     cleaned: dict = field(default_factory=dict)  # cleaning filter -> examples it dropped
     share: float = 0.0  # of the training tokens
 
@@ -69,6 +71,9 @@ def mix(encoded: dict[str, Dataset], roles: dict[str, Role], weights: dict[str, 
     trains, vals = {}, {}
     for name, ds in encoded.items():
         trains[name], vals[name] = split(ds, cfg.val_fraction, cfg.split_seed, cfg.max_val_examples)
+    contaminated = {}
+    if cfg.clean.decontaminate and "original" in next(iter(encoded.values())).column_names:
+        trains, contaminated = decontaminate(trains, vals, cfg.clean.near_dup_threshold)
 
     niche = [n for n in trains if roles[n] is Role.niche]
     general = [n for n in trains if roles[n] is Role.general]
@@ -94,7 +99,8 @@ def mix(encoded: dict[str, Dataset], roles: dict[str, Role], weights: dict[str, 
 
     rows = [
         MixRow(n, roles[n].value, len(trains.get(n, [])), sum(trains[n]["n_tokens"]) if n in trains else 0,
-               len(vals[n]), sum(vals[n]["n_tokens"]), dropped.get(n, 0), (bad_lines or {}).get(n, 0))
+               len(vals[n]), sum(vals[n]["n_tokens"]), dropped.get(n, 0), (bad_lines or {}).get(n, 0),
+               contaminated.get(n, 0))
         for n in encoded
     ]
     total = sum(r.train_tokens for r in rows) or 1

@@ -20,13 +20,13 @@ if not console.is_terminal:  # logs and CI: rich assumes 80 columns and squeezes
 def mix_table(m: Mix, run_dir: Path) -> None:
     """Print and save (mix.csv, mix.md) examples and tokens per source, before training."""
     table = Table(title=f"training mix (general:niche = {m.ratio:.2f}:1 in tokens)")
-    cols = ["source", "role", "train ex", "train tokens", "share", "val ex", "val tokens", "dropped >max_len", "bad lines"]
+    cols = ["source", "role", "train ex", "train tokens", "share", "val ex", "val tokens", "dropped >max_len", "bad lines", "contaminated"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("source", "role") else "right")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in m.rows:
         cells = [r.source, r.role, f"{r.train_examples:,}", f"{r.train_tokens:,}", f"{r.share:.1%}",
-                 f"{r.val_examples:,}", f"{r.val_tokens:,}", f"{r.dropped_too_long:,}", f"{r.bad_lines:,}"]
+                 f"{r.val_examples:,}", f"{r.val_tokens:,}", f"{r.dropped_too_long:,}", f"{r.bad_lines:,}", f"{r.contaminated:,}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)

@@ -90,6 +90,7 @@ class CleanConfig:
     exact_dedup: bool = True  # drop exact repeats (whitespace-normalised) within a source
     near_dedup: bool = True  # drop near repeats within a source (MinHash LSH over word 3-grams)
     near_dup_threshold: float = 0.7  # estimated Jaccard (word 3-grams) at which two examples count as one
+    decontaminate: bool = True  # drop training examples that near-duplicate any held-out example
     keep_samples: int = 3  # dropped examples kept per filter and source, for inspection
 
 
