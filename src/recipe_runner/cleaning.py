@@ -12,6 +12,8 @@ import hashlib
 import json
 import re
 
+from omegaconf import DictConfig, OmegaConf
+
 from .schema import CleanConfig
 
 # A turn that is nothing but one of these is a messenger artefact, not speech.
@@ -80,8 +82,6 @@ def decontaminate(trains: dict, vals: dict, threshold: float) -> tuple[dict, dic
     the general corpus would otherwise make val/loss_niche look better than it is.
     `trains`/`vals` map source -> Dataset with an `original` (JSON) column.
     """
-    import json
-
     from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=64)
@@ -121,13 +121,15 @@ FILTERS = [
 
 def clean(examples: list[dict], cfg: CleanConfig) -> tuple[list[dict], dict[str, int], dict[str, list[dict]]]:
     """Return the kept examples, drops per filter, and up to cfg.keep_samples dropped examples per filter."""
+    if isinstance(cfg, DictConfig):  # plain attributes: the filters read cfg once per example
+        cfg = OmegaConf.to_object(cfg)
     state = {"seen": set(), "patterns": [re.compile(p) for p in [*SERVICE_PATTERNS, *cfg.patterns]]}
     if cfg.near_dedup:
         from datasketch import MinHashLSH
 
         state["lsh"], state["kept"] = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=64), 0
 
-    active = [(name, fn) for name, switch, fn in FILTERS if switch is None or cfg[switch]]
+    active = [(name, fn) for name, switch, fn in FILTERS if switch is None or getattr(cfg, switch)]
     counts = {name: 0 for name, _ in active}
     samples: dict[str, list[dict]] = {name: [] for name, _ in active}
     kept = []

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from omegaconf import DictConfig, OmegaConf
+
 from .errors import RecipeError
 from .schema import BadLine, Format, SourceConfig
 
@@ -116,7 +118,7 @@ def sharegpt(record, where: str, cfg: SourceConfig) -> dict:
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise RecipeError(f'{where}: expected a non-empty "conversations" list of {{"from", "value"}}')
-    names = dict(cfg.role_names)
+    names = cfg.role_names
     out = []
     for i, t in enumerate(turns):
         if not isinstance(t, dict) or not isinstance(t.get("from"), str) or not isinstance(t.get("value"), str):
@@ -152,7 +154,7 @@ def text(record, where: str, cfg: SourceConfig) -> dict:
 
 def mapped(record, where: str, cfg: SourceConfig) -> dict:
     """A table row through data.sources.<name>.columns: {text: COL} or {prompt: COL, response: COL[, system: COL]}."""
-    cols = dict(cfg.columns)
+    cols = cfg.columns
     row = _object(record, where, "columns")
     missing = [c for c in cols.values() if c not in row]
     if missing:
@@ -206,6 +208,8 @@ def fill_placeholders(example: dict, values: dict[str, str]) -> dict:
 
 
 def load_source(name: str, cfg: SourceConfig, tokenizer, placeholders: dict[str, str] | None = None) -> Loaded:
+    if isinstance(cfg, DictConfig):  # plain attributes: normalisers read cfg once per record
+        cfg = OmegaConf.to_object(cfg)
     path = Path(cfg.path)
     if not path.exists():
         raise RecipeError(f"data.sources.{name}.path: {path} does not exist (working directory: {Path.cwd()})")

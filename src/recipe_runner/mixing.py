@@ -67,12 +67,14 @@ def take_tokens(ds: Dataset, budget: int, seed: int) -> Dataset:
 
 
 def mix(encoded: dict[str, Dataset], roles: dict[str, Role], weights: dict[str, float],
-        dropped: dict[str, int], cfg: DataConfig, bad_lines: dict[str, int] | None = None) -> Mix:
+        dropped: dict[str, int], cfg: DataConfig, bad_lines: dict[str, int] | None = None,
+        cleaned: dict[str, dict] | None = None) -> Mix:
+    """Split, decontaminate (needs an `original` column when data.clean.decontaminate), then draw general."""
     trains, vals = {}, {}
     for name, ds in encoded.items():
         trains[name], vals[name] = split(ds, cfg.val_fraction, cfg.split_seed, cfg.max_val_examples)
     contaminated = {}
-    if cfg.clean.decontaminate and "original" in next(iter(encoded.values())).column_names:
+    if cfg.clean.decontaminate:
         trains, contaminated = decontaminate(trains, vals, cfg.clean.near_dup_threshold)
 
     niche = [n for n in trains if roles[n] is Role.niche]
@@ -100,7 +102,7 @@ def mix(encoded: dict[str, Dataset], roles: dict[str, Role], weights: dict[str, 
     rows = [
         MixRow(n, roles[n].value, len(trains.get(n, [])), sum(trains[n]["n_tokens"]) if n in trains else 0,
                len(vals[n]), sum(vals[n]["n_tokens"]), dropped.get(n, 0), (bad_lines or {}).get(n, 0),
-               contaminated.get(n, 0))
+               contaminated.get(n, 0), (cleaned or {}).get(n, {}))
         for n in encoded
     ]
     total = sum(r.train_tokens for r in rows) or 1

@@ -46,8 +46,6 @@ def prepare_data(cfg, tokenizer) -> Mix:
         encoded[name] = kept
     roles = {n: Role(s.role) for n, s in cfg.data.sources.items()}
     weights = {n: s.weight for n, s in cfg.data.sources.items()}
-    result = mix(encoded, roles, weights, dropped, cfg.data, bad)
-    for row in result.rows:
-        row.cleaned = cleaned[row.source]
+    result = mix(encoded, roles, weights, dropped, cfg.data, bad, cleaned)
     result.dropped_samples = dropped_samples
     return result
