@@ -24,6 +24,11 @@ def src(path, **kw):
     return OmegaConf.structured(SourceConfig(path=str(path), **kw))
 
 
+def bare(ex: dict) -> list[dict]:
+    """The turns without their `train` flags (every format sets train: true unless data says false)."""
+    return [{"role": m["role"], "content": m["content"]} for m in ex["messages"]]
+
+
 def test_sharegpt_with_default_and_custom_speakers(tmp_path, tok):
     path = write_jsonl(tmp_path / "sg.jsonl", [
         {"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "q1"},
@@ -31,11 +36,11 @@ def test_sharegpt_with_default_and_custom_speakers(tmp_path, tok):
         {"conversations": [{"from": "human", "value": "q2"}, {"from": "gpt", "value": "a2"}]},
     ])
     ex = load_source("sg", src(path, format="sharegpt"), tok).examples
-    assert ex[0]["messages"] == [{"role": "system", "content": "be brief"}, *QA]
+    assert bare(ex[0]) == [{"role": "system", "content": "be brief"}, *QA]
     custom = write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"from": "me", "value": "q1"},
                                                                    {"from": "bot", "value": "a1"}]}])
     ex = load_source("c", src(custom, format="sharegpt", role_names={"me": "user", "bot": "assistant"}), tok).examples
-    assert ex[0]["messages"] == QA
+    assert bare(ex[0]) == QA
     with pytest.raises(RecipeError, match=r"c.jsonl:1: conversations\[0\] has unknown speaker 'me'"):
         load_source("c", src(custom, format="sharegpt"), tok)
 
@@ -48,11 +53,11 @@ def test_alpaca_with_input_system_and_history_from_a_json_array(tmp_path, tok):
         {"instruction": "Say yes", "input": "", "output": "yes"},
     ]))
     ex = load_source("a", src(path, format="alpaca"), tok).examples
-    assert ex[0]["messages"] == [
+    assert bare(ex[0]) == [
         {"role": "system", "content": "you translate"}, {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "yo"}, {"role": "user", "content": "Translate\n\nhola"},
         {"role": "assistant", "content": "hello"}]
-    assert ex[1]["messages"] == [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
+    assert bare(ex[1]) == [{"role": "user", "content": "Say yes"}, {"role": "assistant", "content": "yes"}]
     path.write_text(json.dumps([{"instruction": "x"}]))
     with pytest.raises(RecipeError, match=r'alpaca.json\[0\]: expected a string "output"'):
         load_source("a", src(path, format="alpaca"), tok)
@@ -65,7 +70,7 @@ def test_csv_and_parquet_through_a_column_mapping(tmp_path, tok):
     for name in ("t.csv", "t.parquet"):
         ex = load_source("t", src(tmp_path / name, format="table", columns={"prompt": "question",
                                                                             "response": "answer"}), tok).examples
-        assert ex[0]["messages"] == QA and len(ex) == 2
+        assert bare(ex[0]) == QA and len(ex) == 2
         ex = load_source("t", src(tmp_path / name, format="table", columns={"text": "body"}), tok).examples
         assert ex[1] == {"source": "t", "messages": [], "text": "long text two"}
     with pytest.raises(RecipeError, match=r"t.csv:line 2: no column\(s\) \['prompt_col'\]"):

@@ -82,15 +82,27 @@ def test_persona_goes_into_the_system_prompt(tok):
 
 
 def test_preflight_fails_when_end_of_turn_is_masked(tok):
+    import numpy as np
+
+    from recipe_runner.schema import TrainOn
+
     eot = end_of_turn_id(tok)
-    good = {"labels": [IGNORE, 5, eot], "n_turns": 1}
-    masked = {"labels": [IGNORE, 5, IGNORE], "n_turns": 1}
-    empty = {"labels": [IGNORE, IGNORE], "n_turns": 1}
-    preflight([good], eot, __import__("recipe_runner.schema").schema.TrainOn.assistant, "s")
-    with pytest.raises(RecipeError, match="end-of-turn"):
-        preflight([good, masked], eot, __import__("recipe_runner.schema").schema.TrainOn.assistant, "s")
+    cols = lambda sup, turns, eots: {"n_supervised": np.array(sup), "n_turns": np.array(turns),  # noqa: E731
+                                     "n_eot": np.array(eots)}
+    preflight(cols([2], [1], [1]), eot, TrainOn.assistant, "s")
+    with pytest.raises(RecipeError, match="example 1 has 2 trained assistant turn.*end-of-turn"):
+        preflight(cols([2, 5], [1, 2], [1, 1]), eot, TrainOn.assistant, "s")
     with pytest.raises(RecipeError, match="example 0 has no supervised tokens"):
-        preflight([empty], eot, __import__("recipe_runner.schema").schema.TrainOn.assistant, "s")
+        preflight(cols([0], [1], [0]), eot, TrainOn.assistant, "s")
+
+
+def test_turns_marked_train_false_stay_in_context_without_loss(tok):
+    enc = Encoder(tok, OmegaConf.structured(TemplateConfig), {"s": SystemPrompt.keep}, None)
+    convo = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "generic hello", "train": False},
+             {"role": "user", "content": "and now?"}, {"role": "assistant", "content": "yo, in voice"}]
+    row = enc({"source": "s", "messages": convo, "text": ""})
+    assert tok.decode([t for t in row["labels"] if t != IGNORE]) == "yo, in voice<|im_end|>"
+    assert "generic hello" in tok.decode(row["input_ids"]) and row["n_turns"] == 1 and row["n_eot"] == 1
 
 
 @pytest.mark.parametrize("line, expected", [

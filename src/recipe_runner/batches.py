@@ -41,8 +41,8 @@ class Rows(torch.utils.data.Dataset):
     """Each item: one row (a packed group of examples, or a single example when not packing)."""
 
     def __init__(self, ds: Dataset, max_length: int, packing: bool, seed: int):
-        self.ids = ds["input_ids"]
-        self.labels = ds["labels"]
+        cols = ds.select_columns(["input_ids", "labels"])[:]  # one epoch's mix: small, read once
+        self.ids, self.labels = cols["input_ids"], cols["labels"]
         lengths = [len(x) for x in self.ids]
         self.rows = pack(lengths, max_length, seed) if packing else [[i] for i in range(len(lengths))]
 
@@ -85,19 +85,23 @@ class Collator:
 
 
 class MixDataModule(L.LightningDataModule):
-    def __init__(self, train: Dataset, val: dict[str, Dataset], pad_id: int, max_length: int,
-                 packing: bool, batch_size: int, seed: int, num_workers: int = 0):
+    """Epoch e trains on `mix.train_for_epoch(e)`: a fresh general draw and a fresh packing.
+
+    The trainer must reload dataloaders every epoch (reload_dataloaders_every_n_epochs=1).
+    """
+
+    def __init__(self, mix, pad_id: int, max_length: int, packing: bool, batch_size: int, seed: int,
+                 num_workers: int = 0):
         super().__init__()
-        self.train, self.val = train, val
+        self.mix, self.val = mix, mix.val
         self.collate = Collator(pad_id, packing)
         self.max_length, self.packing, self.batch_size = max_length, packing, batch_size
         self.seed, self.num_workers = seed, num_workers
-        self.val_names = list(val)
+        self.val_names = list(mix.val)
 
     def train_dataloader(self) -> DataLoader:
-        # a fresh packing each epoch (seed + epoch) so rows do not repeat the same neighbours
         epoch = self.trainer.current_epoch if self.trainer else 0
-        rows = Rows(self.train, self.max_length, self.packing, self.seed + epoch)
+        rows = Rows(self.mix.train_for_epoch(epoch), self.max_length, self.packing, self.seed + epoch)
         return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate,
                           num_workers=self.num_workers)
 

@@ -40,7 +40,8 @@ def ids_hash(datasets) -> str:
 
 def build_manifest(cfg, mix: Mix, model_path: str) -> dict:
     manifest = {
-        "sources": {n: {"path": s.path, "sha256": file_hash(Path(s.path))} for n, s in cfg.data.sources.items()},
+        "sources": {n: {"path": s.path, "sha256": mix.sources[n].sha256, "cache": mix.sources[n].cache}
+                    for n, s in cfg.data.sources.items()},
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "template": OmegaConf.to_container(cfg.template, resolve=True),
         "bible_sha256": file_hash(Path(cfg.template.persona.bible)) if cfg.template.persona.bible else None,
@@ -48,10 +49,12 @@ def build_manifest(cfg, mix: Mix, model_path: str) -> dict:
         "tokenizer_files_sha256": file_hash(Path(model_path) / "tokenizer.json")
         if (Path(model_path) / "tokenizer.json").exists() else None,
         "counts": [asdict(r) for r in mix.rows],
-        "train_mix_sha256": ids_hash([mix.train]),
+        "train_mix_sha256": ids_hash([mix.train]),  # epoch 0; later epochs follow from data.mix.seed
         "heldout_sha256": ids_hash([mix.val[n] for n in sorted(mix.val)]),
     }
-    manifest["manifest_sha256"] = hashlib.sha256(json.dumps(manifest, sort_keys=True, default=str).encode()).hexdigest()
+    # cache "reused" flags differ between a cold and a warm prepare of the same data: not hashed
+    hashed = {**manifest, "sources": {n: {k: v for k, v in s.items() if k != "cache"} for n, s in manifest["sources"].items()}}
+    manifest["manifest_sha256"] = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
     return manifest
 
 
@@ -61,4 +64,13 @@ def write_data_files(run_dir: Path, mix: Mix, manifest: dict) -> None:
     (run_dir / "heldout").mkdir(exist_ok=True)
     for name, ds in mix.val.items():
         with open(run_dir / "heldout" / f"{name}.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(line + "\n" for line in ds["original"])
+            for row in ds.select_columns(["messages", "text"]):
+                fh.write(json.dumps(held_out_record(row), ensure_ascii=False) + "\n")
+
+
+def held_out_record(row: dict) -> dict:
+    """As read: chat -> {"messages"}, plain text -> {"text"}; `train` only where it is false."""
+    if not row["messages"]:
+        return {"text": row["text"]}
+    return {"messages": [{"role": m["role"], "content": m["content"], **({} if m["train"] else {"train": False})}
+                         for m in row["messages"]]}

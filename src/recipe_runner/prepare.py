@@ -1,22 +1,184 @@
-"""Prepare: sources -> encoded examples -> held-out split -> token-exact mix.
+"""Prepare: sources -> cleaned Arrow -> tokenized Arrow -> held-out split -> token-exact mix.
 
-Everything here runs before the model weights are loaded, so a data problem costs seconds.
+Each source streams through two cached stages, so a large corpus is never a Python list:
+1. clean: read records one at a time, normalise, drop by the per-example filters, write the
+   survivors to an Arrow file in batches of 1,000 with their content hash and LSH band keys;
+   then drop exact and near duplicates with numpy over those keys (a keep-index file).
+2. tokenize: template and tokenize the kept rows a batch at a time into a second Arrow file,
+   then drop by min/max tokens.
+Both are memory-mapped `datasets.Dataset`s afterwards; only the drawn training mix is ever
+read into lists. Everything here runs before the model weights are loaded.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from datasets import Dataset, disable_caching
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
-from .cleaning import clean
-from .corpus import load_source
+from .cache import DataCache, key_of
+from .cleaning import Cleaner, token_bounds
+from .corpus import BadLines, iter_source
 from .errors import RecipeError
+from .manifest import file_hash
 from .mixing import Mix, mix
-from .schema import Role, SystemPrompt, TemplateConfig, TrainOn
+from .schema import Format, Role, SystemPrompt, TemplateConfig, TrainOn
 from .templates import Encoder, apply_named_template, preflight, render_persona
 
-disable_caching()  # encoded data is small and per-run; caching by content is issue #3's job
+VERSION = 1  # bump when the cached layout or the cleaning/encoding semantics change
+BATCH = 1000  # examples per Arrow record batch: ~0.5 MB of text, bounded memory at any corpus size
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
+EXAMPLE = pa.schema([("source", pa.string()), ("messages", pa.list_(MESSAGE)), ("text", pa.string())])
+ENCODED = pa.schema(list(EXAMPLE) + [(c, pa.list_(pa.int32())) for c in ("input_ids", "labels")]
+                    + [(c, pa.int32()) for c in ("n_tokens", "n_supervised", "n_turns", "n_eot")])
+
+
+@dataclass
+class SourceData:
+    """One source after cleaning and tokenizing: the rows, their lengths and dedup keys, the counts."""
+
+    name: str
+    role: Role
+    weight: float
+    upsample: float
+    ds: Dataset  # encoded rows that passed every filter
+    n_tokens: np.ndarray
+    n_turns: np.ndarray  # trained assistant turns per row
+    bands: np.ndarray | None  # LSH band keys per row (for the contamination check)
+    read: int  # examples read (after chunking), before any filter
+    bad_lines: int
+    cleaned: dict[str, int]  # filter -> examples it dropped
+    samples: dict[str, list] = field(default_factory=dict)  # filter -> a few dropped examples
+    sha256: str = ""  # of the source file(s)
+    cache: dict = field(default_factory=dict)  # stage -> {"key", "reused"}
+
+
+def source_hash(src) -> str:
+    path = Path(src.path)
+    if path.exists():
+        return file_hash(path)
+    return key_of("hub", src.path, src.subset, src.split)  # a hub name: its identity is all we can hash
+
+
+def tokenizer_hash(tokenizer) -> str:
+    return key_of(tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else
+                  tokenizer.name_or_path, tokenizer.chat_template)
+
+
+def write_batches(path: Path, schema: pa.Schema, batches) -> None:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for rows in batches:
+            writer.write_batch(pa.RecordBatch.from_pylist(rows, schema=schema))
+
+
+def as_example(row: dict) -> dict:
+    return {"source": row["source"], "messages": row["messages"], "text": row["text"]}
+
+
+def build_clean(folder: Path, name: str, src, cfg, tokenizer) -> None:
+    """Stage 1: examples.arrow (per-example survivors), keep.npy, bands.npy, stats.json."""
+    cleaner, bad = Cleaner(cfg.data.clean), BadLines()
+    hashes, bands, read = [], [], 0
+
+    def batches():
+        nonlocal read
+        batch = []
+        stream = iter_source(name, src, tokenizer, dict(cfg.data.placeholders), bad)
+        for ex in tqdm(stream, desc=f"reading {name}", unit=" ex", mininterval=2, dynamic_ncols=True):
+            read += 1
+            if cleaner.keep(ex):
+                batch.append(ex)
+            if len(batch) == BATCH:
+                yield keyed(batch)
+                batch = []
+        if batch:
+            yield keyed(batch)
+
+    def keyed(batch):
+        h, b = cleaner.keys(batch)
+        hashes.append(h)
+        if b is not None:
+            bands.append(b)
+        return [as_example(e) for e in batch]
+
+    write_batches(folder / "examples.arrow", EXAMPLE, batches())
+    ds = Dataset.from_file(str(folder / "examples.arrow"))
+    all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    all_bands = np.concatenate(bands) if bands else None
+    keep = np.flatnonzero(cleaner.dedup(all_hashes, all_bands, lambda i: as_example(ds[i])))
+    if not len(keep):
+        raise RecipeError(f"data.clean: every example of source {name!r} was dropped: {cleaner.counts}")
+    np.save(folder / "keep.npy", keep)
+    if all_bands is not None:
+        np.save(folder / "bands.npy", all_bands[keep])
+    (folder / "stats.json").write_text(json.dumps(
+        {"read": read, "bad_lines": bad.count, "cleaned": cleaner.counts, "samples": cleaner.samples},
+        ensure_ascii=False))
+
+
+def build_tokens(folder: Path, name: str, cleaned: Dataset, encoder: Encoder, cfg) -> None:
+    """Stage 2: encoded.arrow (all cleaned rows, tokenized), keep.npy (within token bounds), stats.json."""
+    def batches():
+        bar = tqdm(total=len(cleaned), desc=f"tokenizing {name}", unit=" ex", mininterval=2, dynamic_ncols=True)
+        for cols in cleaned.iter(batch_size=BATCH):
+            rows = [as_example(dict(zip(cols, vals))) for vals in zip(*cols.values())]
+            enc = encoder.batch(rows)
+            bar.update(len(rows))
+            yield [{**r, **{k: enc[k][i] for k in enc}} for i, r in enumerate(rows)]
+        bar.close()
+
+    write_batches(folder / "encoded.arrow", ENCODED, batches())
+    ds = Dataset.from_file(str(folder / "encoded.arrow"))
+    table = ds.data
+    n_tokens = table.column("n_tokens").to_numpy()
+    keep, dropped = token_bounds(n_tokens, cfg.data.clean, cfg.data.max_length)
+    if not keep.any():
+        raise RecipeError(
+            f"data.max_length={cfg.data.max_length} / data.clean.min_tokens={cfg.data.clean.min_tokens}: no example "
+            f"of source {name!r} fits (lengths {int(n_tokens.min())}-{int(n_tokens.max())} tokens); "
+            "raise data.max_length or shorten the system prompt")
+    cols = {c: table.column(c).to_numpy()[keep] for c in ("n_supervised", "n_turns", "n_eot")}
+    preflight(cols, encoder.eot, TrainOn(cfg.template.train_on), name)
+    np.save(folder / "keep.npy", np.flatnonzero(keep))
+    samples = {k: [as_example(ds[int(i)]) for i in idx[: cfg.data.clean.keep_samples]] for k, idx in dropped.items()}
+    (folder / "stats.json").write_text(json.dumps(
+        {"cleaned": {k: int(len(v)) for k, v in dropped.items()}, "samples": samples}, ensure_ascii=False))
+
+
+def prepare_source(name: str, src, cfg, tokenizer, encoder: Encoder, cache: DataCache, tok_hash: str) -> SourceData:
+    sha = source_hash(src)
+    clean_cfg = OmegaConf.to_container(cfg.data.clean, resolve=True)
+    text_tokens = tok_hash if Format(src.format) in (Format.text, Format.text_jsonl) else None  # chunked by tokens
+    by_tokens = {k: clean_cfg.pop(k) for k in ("min_tokens", "max_tokens")}
+    clean_key = key_of(VERSION, sha, OmegaConf.to_container(src, resolve=True), clean_cfg,
+                       dict(cfg.data.placeholders), text_tokens)
+    clean_dir, clean_reused = cache.entry("clean", clean_key, lambda f: build_clean(f, name, src, cfg, tokenizer))
+    stats = json.loads((clean_dir / "stats.json").read_text())
+    cleaned = Dataset.from_file(str(clean_dir / "examples.arrow")).select(np.load(clean_dir / "keep.npy"))
+
+    tok_key = key_of(VERSION, clean_key, tok_hash, OmegaConf.to_container(cfg.template, resolve=True),
+                     encoder.persona, src.system, cfg.data.max_length, by_tokens)
+    tok_dir, tok_reused = cache.entry("tokens", tok_key, lambda f: build_tokens(f, name, cleaned, encoder, cfg))
+    tok_stats = json.loads((tok_dir / "stats.json").read_text())
+    keep = np.load(tok_dir / "keep.npy")
+    ds = Dataset.from_file(str(tok_dir / "encoded.arrow"))
+    n_tokens = ds.data.column("n_tokens").to_numpy()[keep]
+    n_turns = ds.data.column("n_turns").to_numpy()[keep]
+    bands = np.load(clean_dir / "bands.npy")[keep] if (clean_dir / "bands.npy").exists() else None
+    return SourceData(
+        name=name, role=Role(src.role), weight=src.weight, upsample=src.upsample, ds=ds.select(keep),
+        n_tokens=n_tokens.astype(np.int64), n_turns=n_turns.astype(np.int64), bands=bands, read=stats["read"], bad_lines=stats["bad_lines"],
+        cleaned={**stats["cleaned"], **tok_stats["cleaned"]}, samples={**stats["samples"], **tok_stats["samples"]},
+        sha256=sha, cache={"clean": {"key": clean_key, "reused": clean_reused},
+                           "tokens": {"key": tok_key, "reused": tok_reused}},
+    )
 
 
 def prepare_data(cfg, tokenizer) -> Mix:
@@ -25,27 +187,10 @@ def prepare_data(cfg, tokenizer) -> Mix:
     persona = render_persona(tcfg)
     systems = {n: SystemPrompt(s.system) for n, s in cfg.data.sources.items()}
     encoder = Encoder(tokenizer, tcfg, systems, persona)
-    encoded, dropped, bad, cleaned, dropped_samples = {}, {}, {}, {}, {}
-    for name, src in cfg.data.sources.items():
-        loaded = load_source(name, src, tokenizer, dict(cfg.data.placeholders))
-        bad[name] = loaded.bad_lines
-        kept, cleaned[name], dropped_samples[name] = clean(loaded.examples, cfg.data.clean)
-        if not kept:
-            raise RecipeError(f"data.clean: every example of source {name!r} was dropped: {cleaned[name]}")
-        # `original` keeps each example as read (JSON), for the held-out files; messages and text
-        # are dropped after templating because their Arrow types differ between chat and text sources
-        raw = Dataset.from_list([{**e, "original": json.dumps({"messages": e["messages"], "text": e["text"]},
-                                                             ensure_ascii=False)} for e in kept])
-        ds = raw.map(encoder, remove_columns=["messages", "text"], desc=f"templating {name}")
-        kept = ds.filter(lambda n: n <= cfg.data.max_length, input_columns="n_tokens", desc=f"length {name}")
-        dropped[name] = len(ds) - len(kept)
-        if len(kept) == 0:
-            raise RecipeError(f"data.max_length={cfg.data.max_length}: every example of source {name!r} is longer "
-                              f"(shortest: {min(ds['n_tokens'])} tokens); raise data.max_length or shorten the system prompt")
-        preflight(kept, encoder.eot, TrainOn(tcfg.train_on), name)
-        encoded[name] = kept
-    roles = {n: Role(s.role) for n, s in cfg.data.sources.items()}
-    weights = {n: s.weight for n, s in cfg.data.sources.items()}
-    result = mix(encoded, roles, weights, dropped, cfg.data, bad, cleaned)
-    result.dropped_samples = dropped_samples
+    cache = DataCache(Path(cfg.paths.cache_dir) / "data" if cfg.data.cache else None)
+    tok_hash = tokenizer_hash(tokenizer)
+    sources = {name: prepare_source(name, src, cfg, tokenizer, encoder, cache, tok_hash)
+               for name, src in cfg.data.sources.items()}
+    result = mix(sources, cfg.data)
+    result.keepalive = cache  # without a cache folder, the scratch files live as long as the mix
     return result

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .cleaning import FILTER_NAMES
 from .mixing import Mix
 
 console = Console(soft_wrap=True)  # long run paths stay on one line, copy-pasteable
@@ -17,20 +18,31 @@ if not console.is_terminal:  # logs and CI: rich assumes 80 columns and squeezes
     console = Console(soft_wrap=True, width=160)
 
 
+MIX_COLUMNS = ["source", "role", "read", "pool ex", "train ex", "train tokens", "share", "repeats", "turns",
+               "val ex", "val tokens", "bad lines", "contaminated"]
+
+
+def mix_cells(r) -> list[str]:
+    return [r.source, r.role, f"{r.read:,}", f"{r.pool_examples:,}", f"{r.train_examples:,}", f"{r.train_tokens:,}",
+            f"{r.share:.1%}", f"{r.repeats:.2f}", f"{r.turns:,}", f"{r.val_examples:,}", f"{r.val_tokens:,}",
+            f"{r.bad_lines:,}", f"{r.contaminated:,}"]
+
+
+def filters_of(m: Mix) -> list[str]:
+    return [f for f in FILTER_NAMES if any(f in r.cleaned for r in m.rows)]
+
+
 def mix_table(m: Mix, run_dir: Path) -> None:
     """Print and save (mix.csv, mix.md) examples and tokens per source, before training."""
-    table = Table(title=f"training mix (general:niche = {m.ratio:.2f}:1 in tokens)")
-    cols = ["source", "role", "train ex", "train tokens", "share", "val ex", "val tokens", "dropped >max_len", "bad lines", "contaminated"]
-    for c in cols:
+    table = Table(title=f"training mix, epoch 0 (general:niche = {m.ratio:.2f}:1 in tokens)")
+    for c in MIX_COLUMNS:
         table.add_column(c, justify="left" if c in ("source", "role") else "right")
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(MIX_COLUMNS) + " |", "|" + "---|" * len(MIX_COLUMNS)]
     for r in m.rows:
-        cells = [r.source, r.role, f"{r.train_examples:,}", f"{r.train_tokens:,}", f"{r.share:.1%}",
-                 f"{r.val_examples:,}", f"{r.val_tokens:,}", f"{r.dropped_too_long:,}", f"{r.bad_lines:,}", f"{r.contaminated:,}"]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
+        table.add_row(*mix_cells(r))
+        lines.append("| " + " | ".join(mix_cells(r)) + " |")
     console.print(table)
-    filters = list(m.rows[0].cleaned)
+    filters = filters_of(m)
     flat = [{**{k: v for k, v in asdict(r).items() if k != "cleaned"},
              **{f"cleaned_{f}": r.cleaned.get(f, 0) for f in filters}} for r in m.rows]
     with open(run_dir / "mix.csv", "w", newline="") as fh:
@@ -41,6 +53,10 @@ def mix_table(m: Mix, run_dir: Path) -> None:
     lines += ["| " + r.source + " | " + " | ".join(str(r.cleaned.get(f, 0)) for f in filters) + " |" for r in m.rows]
     (run_dir / "mix.md").write_text("\n".join(lines) + f"\n\ngeneral:niche = {m.ratio:.3f}:1 (tokens)\n")
     cleaning_table(m, filters, run_dir)
+    reused = [f"{n} ({', '.join(k for k, v in s.cache.items() if v['reused'])})"
+              for n, s in m.sources.items() if any(v["reused"] for v in s.cache.values())]
+    if reused:
+        console.print(f"data cache: reused {'; '.join(reused)}")
 
 
 def cleaning_table(m: Mix, filters: list[str], run_dir: Path) -> None:
@@ -52,8 +68,8 @@ def cleaning_table(m: Mix, filters: list[str], run_dir: Path) -> None:
     for r in m.rows:
         table.add_row(r.source, *[f"{r.cleaned.get(f, 0):,}" for f in filters])
     console.print(table)
-    for source, by_filter in m.dropped_samples.items():
-        for f, examples in by_filter.items():
+    for source, s in m.sources.items():
+        for f, examples in s.samples.items():
             if examples:
                 (run_dir / "dropped").mkdir(exist_ok=True)
                 with open(run_dir / "dropped" / f"{source}.{f}.jsonl", "w", encoding="utf-8") as fh:

@@ -22,6 +22,7 @@ from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
 from .qlora import build_model, resolve_precision
+from .data_report import log_to_wandb, write_report
 from .report import mix_table, write_summary
 from .schema import Role
 
@@ -69,26 +70,46 @@ def build_training(cfg: DictConfig, parts: DataParts) -> tuple:
     model = build_model(cfg.model, cfg.lora, parts.model_path, parts.precision, device_map)
     tok = parts.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    dm = MixDataModule(parts.data.train, parts.data.val, pad_id, cfg.data.max_length, cfg.data.packing,
+    dm = MixDataModule(parts.data, pad_id, cfg.data.max_length, cfg.data.packing,
                        cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
     roles = {n: Role(s.role).value for n, s in cfg.data.sources.items()}
     module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles)
     return model, dm, module
 
 
+def wandb_enabled(cfg: DictConfig) -> tuple[bool, bool]:
+    """(enabled, online): offline files unless mode=online or (mode=auto and WANDB_MODE=online)."""
+    w = cfg.logger.wandb
+    online = w.mode == "online" or (w.mode == "auto" and os.environ.get("WANDB_MODE") == "online")
+    return bool(w.enabled and w.mode != "disabled"), online
+
+
 def make_loggers(cfg: DictConfig, run_dir: Path, job: dict) -> list:
     loggers = [L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs", version="")]
-    w = cfg.logger.wandb
-    if w.enabled and w.mode != "disabled":
+    enabled, online = wandb_enabled(cfg)
+    if enabled:
         from lightning.pytorch.loggers import WandbLogger
 
-        online = w.mode == "online" or (w.mode == "auto" and os.environ.get("WANDB_MODE") == "online")
+        w = cfg.logger.wandb
         loggers.append(WandbLogger(
             project=w.project, entity=w.entity, name=job["name"], group=job["group"], save_dir=str(run_dir),
             offline=not online, tags=[cfg.name, *w.tags], job_type="train",
             config=OmegaConf.to_container(cfg, resolve=True),
         ))
     return loggers
+
+
+def start_wandb(cfg: DictConfig, run_dir: Path, job: dict, job_type: str):
+    """A plain W&B run for stages without a Lightning trainer (prepare); finished by the CLI."""
+    enabled, online = wandb_enabled(cfg)
+    if not enabled:
+        return None
+    import wandb
+
+    w = cfg.logger.wandb
+    return wandb.init(project=w.project, entity=w.entity, name=job["name"], group=job["group"], dir=str(run_dir),
+                      mode="online" if online else "offline", tags=[cfg.name, *w.tags], job_type=job_type,
+                      config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
 
 
 def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
@@ -101,7 +122,11 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     mix_table(data_parts.data, run_dir)
     manifest = build_manifest(cfg, data_parts.data, data_parts.model_path)
     write_data_files(run_dir, data_parts.data, manifest)
+    write_report(data_parts.data, run_dir, cfg.name, manifest, cfg.data.max_length)
     if cfg.stage == "prepare":  # data only: no weights are loaded
+        wandb_run = start_wandb(cfg, run_dir, job, job_type="prepare")
+        if wandb_run is not None:
+            log_to_wandb(wandb_run, data_parts.data, run_dir)
         summary = {"stage": "prepare", "recipe": cfg.name, "run_dir": str(run_dir),
                    "manifest_sha256": manifest["manifest_sha256"], "train_mix_sha256": manifest["train_mix_sha256"],
                    "general_to_niche_ratio": data_parts.data.ratio, "wall_seconds": time.time() - started}
@@ -122,6 +147,9 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
     ]
     loggers = make_loggers(cfg, run_dir, job)
+    for logger in loggers:
+        if logger.__class__.__name__ == "WandbLogger":
+            log_to_wandb(logger.experiment, data, run_dir)
     trainer = L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
         accumulate_grad_batches=cfg.train.grad_accum, gradient_clip_val=cfg.train.grad_clip or None,
@@ -129,6 +157,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         strategy=cfg.train.strategy, logger=loggers, callbacks=callbacks, num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.eval.val_every_n_epochs, limit_val_batches=cfg.eval.limit_val_batches,
         log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,  # each epoch: its own general draw and packing
     )
     fit_started = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)

@@ -26,7 +26,8 @@ class Format(str, Enum):
     alpaca = "alpaca"  # {"instruction", "input", "output", "system"?, "history"?: [[q, a], ...]}
     text = "text"  # a .txt/.md file or a folder of them, chunked by tokens
     text_jsonl = "text_jsonl"  # {"text": ...} per line, chunked by tokens
-    table = "table"  # .csv or .parquet through `columns`
+    table = "table"  # .csv or .parquet through `columns` (streamed in Arrow record batches)
+    hf_dataset = "hf_dataset"  # a `datasets` dataset: a save_to_disk folder, or a hub name; `split`, `subset`, `columns`
 
 
 class BadLine(str, Enum):
@@ -71,8 +72,11 @@ class SourceConfig:
     chunk_tokens: int = 256  # text format: tokens per chunk
     chunk_overlap: int = 32  # text format: tokens shared by neighbouring chunks
     weight: float = 1.0  # share of the general budget among several general sources
+    upsample: float = 1.0  # niche: copies of each training example per epoch (2.5 = twice, plus a seeded half); <= mix.max_repeats
+    split: str = "train"  # hf_dataset: which split
+    subset: Optional[str] = None  # hf_dataset: the hub dataset's configuration name
     on_bad_line: BadLine = BadLine.error  # error | skip (skipped lines are counted)
-    columns: Dict[str, str] = field(default_factory=dict)  # table: {prompt, response, system?} or {text} -> column
+    columns: Dict[str, str] = field(default_factory=dict)  # table/hf_dataset: {prompt, response, system?} | {text} | {messages} | {conversations} -> column; empty = detect
     role_names: Dict[str, str] = field(  # sharegpt: speaker -> role
         default_factory=lambda: {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                                  "system": "system"}
@@ -87,6 +91,9 @@ class CleanConfig:
     patterns: List[str] = field(default_factory=list)  # extra regexes; a turn matching one is dropped as service
     min_turns: int = 1  # fewest assistant turns a chat example may have
     max_turns: Optional[int] = None  # most assistant turns (None = no limit)
+    min_tokens: int = 0  # drop examples shorter than this many tokens after templating
+    max_tokens: Optional[int] = None  # drop examples longer than this (None = data.max_length; never above it)
+    languages: List[str] = field(default_factory=list)  # keep only these ISO 639-1 codes (py3langid); empty = off
     exact_dedup: bool = True  # drop exact repeats (whitespace-normalised) within a source
     near_dedup: bool = True  # drop near repeats within a source (MinHash LSH over word 3-grams)
     near_dup_threshold: float = 0.7  # estimated Jaccard (word 3-grams) at which two examples count as one
@@ -94,10 +101,18 @@ class CleanConfig:
     keep_samples: int = 3  # dropped examples kept per filter and source, for inspection
 
 
+class MixUnit(str, Enum):
+    tokens = "tokens"  # general_ratio counts tokens (1:10 = ten general tokens per niche token)
+    examples = "examples"  # general_ratio counts examples
+
+
 @dataclass
 class MixConfig:
-    general_ratio: float = 10.0  # general tokens per niche token in the training mix (1:10)
+    general_ratio: float = 10.0  # general per niche in the training mix, in `unit`s (1:10)
+    unit: MixUnit = MixUnit.tokens  # tokens | examples
     seed: int = 1234  # seeds the draw of general examples: same seed, same mix
+    max_repeats: float = 1.0  # cap on copies of one example per epoch (general draws and niche upsample)
+    fresh_each_epoch: bool = True  # draw the next general examples every epoch (more of the corpus is seen)
 
 
 @dataclass
@@ -107,10 +122,11 @@ class DataConfig:
     clean: CleanConfig = field(default_factory=CleanConfig)  # filters, applied per source
     placeholders: Dict[str, str] = field(default_factory=dict)  # {{key}} in any turn or text -> value
     val_fraction: float = 0.2  # held out per source, before mixing
-    max_val_examples: Optional[int] = None  # cap per source on held-out examples (CPU budgets)
+    max_val_examples: Optional[int] = 500  # cap per source on held-out examples (a 1M corpus needs no 200k)
     split_seed: int = 42  # seeds the held-out split
     max_length: int = 512  # tokens per example; longer examples are dropped and counted
     packing: bool = True  # pack examples into max_length rows, no cross-example attention
+    cache: bool = True  # reuse cleaned/tokenized sources from paths.cache_dir/data (keyed by their inputs)
 
 
 @dataclass
