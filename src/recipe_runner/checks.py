@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import RecipeError, RecipeErrors
 from .schema import Quant, Role
+from .corpus import is_hub_name
 from .templates import NAMED_TEMPLATES
 
 FORBIDDEN = {
@@ -57,6 +58,12 @@ def metric_names(cfg: DictConfig) -> set[str]:
     return names
 
 
+def _langid_languages() -> list[str]:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return list(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)  # the languages its model knows
+
+
 def check(cfg: DictConfig) -> None:
     problems: list[str] = []
     p = problems.append
@@ -69,8 +76,12 @@ def check(cfg: DictConfig) -> None:
             p(f"data.sources.{name}.path is required")
             continue
         roles[name] = Role(src.role)
-        if not Path(src.path).exists():
+        hub = src.format == "hf_dataset" and is_hub_name(src.path)  # fetched (or refused) when read
+        if not Path(src.path).exists() and not hub:
             p(f"data.sources.{name}.path: {src.path} does not exist (working directory: {Path.cwd()})")
+        if src.upsample < 1 or src.upsample > cfg.data.mix.max_repeats:
+            p(f"data.sources.{name}.upsample={src.upsample:g}: must be between 1 and data.mix.max_repeats="
+              f"{cfg.data.mix.max_repeats:g}")
         if src.max_examples is not None and src.max_examples < 2:
             p(f"data.sources.{name}.max_examples={src.max_examples}: need at least 2 (one to train, one held out)")
         if src.chunk_overlap >= src.chunk_tokens:
@@ -84,6 +95,13 @@ def check(cfg: DictConfig) -> None:
         p(f"data.mix.general_ratio={ratio}: must be >= 0 (10 means 1 niche token : 10 general tokens)")
     if ratio > 0 and sources and Role.general not in roles.values():
         p(f"data.mix.general_ratio={ratio:g} but no source has role: general; add one or set data.mix.general_ratio=0")
+    if cfg.data.mix.max_repeats < 1:
+        p(f"data.mix.max_repeats={cfg.data.mix.max_repeats:g}: must be >= 1 (1 = never repeat an example in an epoch)")
+    if cfg.data.clean.languages:
+        known = set(_langid_languages())
+        unknown = [x for x in cfg.data.clean.languages if x not in known]
+        if unknown:
+            p(f"data.clean.languages: {unknown} are not ISO 639-1 codes py3langid knows (e.g. en, ru, de)")
     if not 0 < cfg.data.val_fraction < 1:
         p(f"data.val_fraction={cfg.data.val_fraction}: must be between 0 and 1 (0.2 holds out 20 %)")
     if cfg.data.max_length < 16:

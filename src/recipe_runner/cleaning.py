@@ -57,11 +57,16 @@ def _turn_bounds(ex: dict, cfg: CleanConfig, patterns) -> bool:
     return n < cfg.min_turns or (cfg.max_turns is not None and n > cfg.max_turns)
 
 
+LANGUAGE_MIN_LETTERS = 20  # "12 plus 19 is 31." has 6 letters: too few to tell a language, so kept
+
+
 def _language(ex: dict, cfg: CleanConfig, patterns) -> bool:
     """The spoken side (assistant turns, or the text) must be in one of cfg.languages."""
     import py3langid
 
     said = " ".join(m["content"] for m in ex["messages"] if m["role"] == "assistant") or ex["text"]
+    if sum(ch.isalpha() for ch in said) < LANGUAGE_MIN_LETTERS:
+        return False
     return py3langid.classify(said)[0] not in cfg.languages
 
 

@@ -125,7 +125,7 @@ def table_records(path: Path, cfg: SourceConfig, key: str) -> Iterator[tuple[str
         raise RecipeError(f"{key}.path: {path}: format table reads .csv or .parquet files")
 
 
-def _is_hub_name(raw: str) -> bool:
+def is_hub_name(raw: str) -> bool:
     """A path that is not here and reads like owner/name (no file suffix) names a hub dataset."""
     return not Path(raw).exists() and bool(HUB_NAME.fullmatch(raw)) and not Path(raw).suffix
 
@@ -384,7 +384,7 @@ def iter_source(name: str, cfg: SourceConfig, tokenizer, placeholders: dict[str,
     key = f"data.sources.{name}"
     fmt = Format(cfg.format)
     path = Path(cfg.path)
-    if not path.exists() and not (fmt is Format.hf_dataset and _is_hub_name(cfg.path)):
+    if not path.exists() and not (fmt is Format.hf_dataset and is_hub_name(cfg.path)):
         raise RecipeError(f"{key}.path: {path} does not exist (working directory: {Path.cwd()})")
     if FORMATS[fmt][1] is mapped and cfg.columns:
         shape_of(cfg.columns, key)

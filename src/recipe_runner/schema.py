@@ -127,6 +127,7 @@ class DataConfig:
     max_length: int = 512  # tokens per example; longer examples are dropped and counted
     packing: bool = True  # pack examples into max_length rows, no cross-example attention
     cache: bool = True  # reuse cleaned/tokenized sources from paths.cache_dir/data (keyed by their inputs)
+    num_proc: Optional[int] = None  # tokenizing processes for sources of 20k+ examples (None = all cores, max 8)
 
 
 @dataclass

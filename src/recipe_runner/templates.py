@@ -131,7 +131,8 @@ class Encoder:
             if m["role"] != "assistant" or m.get("train") is False:
                 continue
             before = self.tok.apply_chat_template(plain[:i], tokenize=False, add_generation_prompt=True)
-            through = self.tok.apply_chat_template(plain[: i + 1], tokenize=False)
+            last = i == len(messages) - 1  # the whole conversation: already rendered (saves a third of the jinja)
+            through = full if last else self.tok.apply_chat_template(plain[: i + 1], tokenize=False)
             if not (full.startswith(before) and full.startswith(through)):
                 raise RecipeError(
                     f"template.chat_template: rendering of source {source!r} is not prefix-stable "
