@@ -6,11 +6,10 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from conftest import write_jsonl
 from recipe_runner.corpus import load_source
 from recipe_runner.errors import RecipeError
 from recipe_runner.prepare import prepare_data
-from recipe_runner.schema import RunConfig, SourceConfig, TemplateConfig, SystemPrompt
+from recipe_runner.schema import SourceConfig, TemplateConfig, SystemPrompt
 from recipe_runner.templates import IGNORE, Encoder, end_of_turn_id, preflight
 from test_config import compose_recipe
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import RecipeError, RecipeErrors
 from .schema import Quant, Role
-from .corpus import is_hub_name
+from .readers import is_hub_name
 from .templates import NAMED_TEMPLATES
 
 FORBIDDEN = {
