@@ -51,7 +51,9 @@ def test_wandb_offline_run_holds_metrics_and_config(two_step_run):
     run_dir, _ = two_step_run
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    assert {"train/loss", "train/tokens"} <= history_keys(files[0])
+    keys = history_keys(files[0])
+    assert {"train/loss", "train/tokens"} <= keys
+    assert "data/mix/path" in keys  # the mix table, logged before the first step
     info = run_info(files[0])
     assert {"model", "data", "lora", "train"} <= info["config_keys"]
 
@@ -84,6 +86,11 @@ def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data
     assert (run_dir / "adapters" / "epoch_00").is_dir() and (run_dir / "adapters" / "epoch_01").is_dir()
     best = json.loads((run_dir / "adapters" / "best.json").read_text())
     assert best["epoch"] in (0, 1) and (run_dir / "adapters" / "best" / "adapter_model.safetensors").exists()
+    # every epoch trains on its own general draw; epoch 0 is the mix the manifest hashes
+    summary = json.loads((run_dir / "summary.json").read_text())
+    per_epoch = summary["train_mix_sha256_per_epoch"]
+    assert set(per_epoch) == {"0", "1"} and per_epoch["0"] != per_epoch["1"]
+    assert per_epoch["0"] == json.loads((run_dir / "manifest.json").read_text())["train_mix_sha256"]
 
 
 def test_multirun_sweep_one_folder_per_job_one_wandb_group(tiny_model, tiny_data, tmp_path):

@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from .manifest import ids_hash
 from .templates import IGNORE
 
 
@@ -98,10 +99,13 @@ class MixDataModule(L.LightningDataModule):
         self.max_length, self.packing, self.batch_size = max_length, packing, batch_size
         self.seed, self.num_workers = seed, num_workers
         self.val_names = list(mix.val)
+        self.epoch_hashes: dict[int, str] = {}  # epoch -> sha256 of its training mix (summary.json)
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer else 0
-        rows = Rows(self.mix.train_for_epoch(epoch), self.max_length, self.packing, self.seed + epoch)
+        train = self.mix.train_for_epoch(epoch)
+        self.epoch_hashes[epoch] = ids_hash([train])
+        rows = Rows(train, self.max_length, self.packing, self.seed + epoch)
         return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate,
                           num_workers=self.num_workers)
 

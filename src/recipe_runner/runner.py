@@ -187,6 +187,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "fit_seconds": fit_seconds,
         "mix": {r.source: {"train_tokens": r.train_tokens, "share": r.share} for r in data.rows},
         "general_to_niche_ratio": data.ratio,
+        "train_mix_sha256_per_epoch": {str(e): h for e, h in sorted(dm.epoch_hashes.items())},
         "precision": precision,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
