@@ -39,11 +39,18 @@ def pack(lengths: list[int], max_length: int, seed: int) -> list[list[int]]:
 
 
 class Rows(torch.utils.data.Dataset):
-    """Each item: one row (a packed group of examples, or a single example when not packing)."""
+    """Each item: one row (a packed group of examples, or a single example when not packing).
 
-    def __init__(self, ds: Dataset, max_length: int, packing: bool, seed: int):
-        cols = ds.select_columns(["input_ids", "labels"])[:]  # one epoch's mix: small, read once
+    With `general_sources` (source names of role general), items also carry "general": per token,
+    1 where the token belongs to an example of a general source (read from the `source` column).
+    """
+
+    def __init__(self, ds: Dataset, max_length: int, packing: bool, seed: int,
+                 general_sources: frozenset[str] | set[str] = frozenset()):
+        names = ["input_ids", "labels"] + (["source"] if general_sources else [])
+        cols = ds.select_columns(names)[:]  # one epoch's mix: small, read once
         self.ids, self.labels = cols["input_ids"], cols["labels"]
+        self.general = [s in general_sources for s in cols["source"]] if general_sources else None
         lengths = [len(x) for x in self.ids]
         self.rows = pack(lengths, max_length, seed) if packing else [[i] for i in range(len(lengths))]
 
@@ -51,14 +58,19 @@ class Rows(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, r: int) -> dict:
-        ids, labels, pos = [], [], []
+        ids, labels, pos, general = [], [], [], []
         for i in self.rows[r]:
             ex_labels = list(self.labels[i])
             ex_labels[0] = IGNORE
             ids += self.ids[i]
             labels += ex_labels
             pos += range(len(self.ids[i]))
-        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+            if self.general is not None:
+                general += [int(self.general[i])] * len(self.ids[i])
+        item = {"input_ids": ids, "labels": labels, "position_ids": pos}
+        if self.general is not None:
+            item["general"] = general
+        return item
 
 
 class Collator:
@@ -72,6 +84,7 @@ class Collator:
         labels = torch.full((n, width), IGNORE, dtype=torch.long)
         pos = torch.zeros((n, width), dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
+        general = torch.zeros((n, width), dtype=torch.bool) if "general" in items[0] else None
         for k, x in enumerate(items):
             L_ = len(x["input_ids"])
             ids[k, :L_] = torch.tensor(x["input_ids"])
@@ -79,7 +92,11 @@ class Collator:
             pos[k, :L_] = torch.tensor(x["position_ids"])
             pos[k, L_:] = torch.arange(width - L_)  # padding forms its own block
             mask[k, :L_] = 1
+            if general is not None:
+                general[k, :L_] = torch.tensor(x["general"], dtype=torch.bool)
         batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "n_real": int(mask.sum())}
+        if general is not None:  # per token: belongs to a general-role source (KL-to-base)
+            batch["general"] = general
         if not self.packing:
             batch["attention_mask"] = mask
         return batch
@@ -92,8 +109,9 @@ class MixDataModule(L.LightningDataModule):
     """
 
     def __init__(self, mix, pad_id: int, max_length: int, packing: bool, batch_size: int, seed: int,
-                 num_workers: int = 0):
+                 num_workers: int = 0, general_sources: frozenset[str] | set[str] = frozenset()):
         super().__init__()
+        self.general_sources = frozenset(general_sources)  # training rows mark their tokens (KL-to-base)
         self.mix, self.val = mix, mix.val
         self.collate = Collator(pad_id, packing)
         self.max_length, self.packing, self.batch_size = max_length, packing, batch_size
@@ -105,7 +123,7 @@ class MixDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer else 0
         train = self.mix.train_for_epoch(epoch)
         self.epoch_hashes[epoch] = ids_hash([train])
-        rows = Rows(train, self.max_length, self.packing, self.seed + epoch)
+        rows = Rows(train, self.max_length, self.packing, self.seed + epoch, self.general_sources)
         return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate,
                           num_workers=self.num_workers)
 

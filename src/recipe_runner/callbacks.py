@@ -5,20 +5,30 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 
 
 class AdapterPerEpoch(L.Callback):
-    """adapters/epoch_NN/ after every validation; adapters/best/ + best.json track the monitor.
+    """adapters/epoch_NN/ after every validation; adapters/best/ + best.json track the selection.
 
-    Each folder loads with `PeftModel.from_pretrained(base, folder)`.
+    The selection is a logged metric (lower is better: val/loss) or, with `score`, a function of
+    the trainer returning the epoch's score or None when the epoch is not eligible (higher is
+    better: eval/combined). Each folder loads with `PeftModel.from_pretrained(base, folder)`.
     """
 
-    def __init__(self, folder: Path, monitor: str):
-        self.folder, self.monitor = Path(folder), monitor
+    def __init__(self, folder: Path, monitor: str, score: Callable | None = None):
+        self.folder, self.monitor, self.score = Path(folder), monitor, score
         self.best_score: float | None = None
         self.best_epoch: int | None = None
+
+    def epoch_score(self, trainer) -> float | None:
+        """Higher is better: a lower-is-better monitor is negated."""
+        if self.score is not None:
+            return self.score(trainer)
+        value = trainer.callback_metrics.get(self.monitor)
+        return None if value is None else -float(value)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -26,17 +36,21 @@ class AdapterPerEpoch(L.Callback):
         epoch = trainer.current_epoch
         target = self.folder / f"epoch_{epoch:02d}"
         pl_module.model.save_pretrained(target)
-        score = trainer.callback_metrics.get(self.monitor)
+        score = self.epoch_score(trainer)
         if score is None:
             return
-        score = float(score)
-        if self.best_score is None or score < self.best_score:
+        if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, epoch
             best = self.folder / "best"
             shutil.rmtree(best, ignore_errors=True)
             shutil.copytree(target, best)
             (self.folder / "best.json").write_text(json.dumps(
-                {"epoch": epoch, "monitor": self.monitor, "score": score, "step": trainer.global_step}, indent=2))
+                {"epoch": epoch, "selected_by": self.monitor, "score": self.shown(score),
+                 "step": trainer.global_step}, indent=2))
+
+    def shown(self, score: float) -> float:
+        """The score as the user reads it (val/loss positive again)."""
+        return score if self.score is not None else -score
 
     def state_dict(self):
         return {"best_score": self.best_score, "best_epoch": self.best_epoch}

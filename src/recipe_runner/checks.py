@@ -143,5 +143,26 @@ def check(cfg: DictConfig) -> None:
         p(f"stage={cfg.stage!r}: choose train (everything) or prepare (data only)")
     if cfg.logger.wandb.mode not in ("auto", "offline", "online", "disabled"):
         p(f"logger.wandb.mode={cfg.logger.wandb.mode!r}: choose auto, offline, online or disabled")
+    problems += eval_problems(cfg)
     if problems:
         raise RecipeErrors(problems)
+
+
+def eval_problems(cfg: DictConfig) -> list[str]:
+    e, out = cfg.eval, []
+    for key in ("ordinary_prompts", "persona_prompts", "dialogues"):
+        if e[key] and not Path(e[key]).exists():
+            out.append(f"eval.{key}: {e[key]} does not exist")
+    if e.every_n_epochs < 1:
+        out.append(f"eval.every_n_epochs={e.every_n_epochs}: must be >= 1")
+    if e.select.metric not in ("combined", cfg.train.early_stopping.monitor):
+        out.append(f"eval.select.metric={e.select.metric!r}: use combined or the early-stopping monitor "
+                   f"({cfg.train.early_stopping.monitor})")
+    if e.checks and e.persona_prompts and not cfg.template.persona.bible:
+        out.append("eval.persona_prompts are scored against the bible, but template.persona.bible is not set")
+    if e.judge.enabled:
+        import os
+
+        if not os.environ.get(e.judge.api_key_env):
+            out.append(f"eval.judge.enabled=true but ${e.judge.api_key_env} is empty (eval.judge.api_key_env)")
+    return out

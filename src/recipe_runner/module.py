@@ -1,4 +1,15 @@
-"""The Lightning module: cross-entropy on supervised tokens only, per-source validation loss.
+"""The Lightning module: the training objective on supervised tokens only, per-source validation loss.
+
+Training objective (train.loss, train.kl_to_base):
+  - `ce` (default): mean next-token cross-entropy over supervised (labelled) tokens.
+  - `eaft`: Entropy-Adaptive Fine-Tuning (arXiv 2601.02151): each token's cross-entropy times the
+    normalised top-k entropy of the model's own prediction there (train.eaft_top_k, detached, in
+    [0, 1]), summed and divided by the number of supervised tokens. Confident predictions weigh
+    less, which the paper finds reduces forgetting. Logs train/eaft_weight_mean.
+  - kl_to_base > 0 adds kl_to_base x KL(p_tuned || p_base), averaged over the supervised tokens
+    of general-role sources, p_base being the same peft model with its adapter disabled (one
+    extra no-grad forward, only on batches that carry general tokens). Logs train/kl_to_base.
+Validation is always plain cross-entropy, so val/loss compares across objectives.
 
 The vocabulary projection runs only where a label exists: SmolLM2's lm_head is 576 x 49,152
 (28 M MACs per token, ~21 % of the model's compute), and with assistant-only loss most
@@ -13,35 +24,105 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from .errors import RecipeError
+from .losses import eaft_weights, kl_to_base, token_ce
+from .schema import Loss
 from .templates import IGNORE
 
 
-def supervised_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over labelled positions, and their count."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = base.get_decoder()(
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def next_token_hidden(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder hidden states at positions 0..T-2 and the targets they predict (labels 1..T-1)."""
+    out = _base(model).get_decoder()(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
         attention_mask=batch.get("attention_mask"),
         use_cache=False,
     )
-    hidden = out.last_hidden_state[:, :-1]
-    targets = batch["labels"][:, 1:]
+    return out.last_hidden_state[:, :-1], batch["labels"][:, 1:]
+
+
+def supervised_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled positions, and their count."""
+    hidden, targets = next_token_hidden(model, batch)
     keep = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[keep]).float()
-    loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
-    return loss_sum, int(keep.sum())
+    logits = _base(model).get_output_embeddings()(hidden[keep]).float()
+    return token_ce(logits, targets[keep]).sum(), int(keep.sum())
+
+
+def base_logits_at(model, batch: dict, where: torch.Tensor) -> torch.Tensor:
+    """Logits of the base model (the peft adapter disabled, no gradient) at next-token positions `where`.
+
+    `where` is a (B, T-1) bool mask over next-token positions. Only the rows that hold a True run
+    the extra forward, and lm_head runs only on the selected positions.
+    """
+    rows = where.any(1)
+    sub = {k: batch[k][rows] for k in ("input_ids", "position_ids", "labels")}
+    if batch.get("attention_mask") is not None:
+        sub["attention_mask"] = batch["attention_mask"][rows]
+    with torch.no_grad(), model.disable_adapter():
+        hidden, _ = next_token_hidden(model, sub)
+        return _base(model).get_output_embeddings()(hidden[where[rows]]).float()
+
+
+def training_objective(model, batch: dict, loss: Loss | str = Loss.ce, eaft_top_k: int = 20,
+                       kl_weight: float = 0.0) -> dict:
+    """The training loss of one batch and its parts.
+
+    Returns {"loss": scalar to backpropagate, "n": supervised tokens, "ce": mean plain CE (detached),
+    "eaft_weight_mean": mean EAFT weight (eaft only), "kl": mean KL over general tokens (when
+    kl_weight > 0 and the batch has general tokens), "n_general": their count}.
+    """
+    hidden, targets = next_token_hidden(model, batch)
+    keep = targets != IGNORE
+    n = int(keep.sum())
+    head = _base(model).get_output_embeddings()
+    general = batch["general"][:, 1:] & keep if kl_weight > 0 and "general" in batch else None
+    n_general = int(general.sum()) if general is not None else 0  # targets in general-role examples
+    # With KL on, the tuned side is projected in two pieces, general positions first: the base side
+    # then projects the very same rows in a matmul of the very same shape, so an unchanged adapter
+    # gives bitwise-equal logits (KL exactly 0) instead of ulp noise from a differently blocked GEMM.
+    # Same total lm_head work as one projection; per-token CE is concatenated, never the logits.
+    pieces = [general, keep & ~general] if n_general else [keep]
+    logits = [head(hidden[m]).float() for m in pieces]
+    ce = torch.cat([token_ce(lg, targets[m]) for lg, m in zip(logits, pieces)])
+    out = {"n": n, "ce": ce.detach().sum() / max(n, 1), "n_general": n_general}
+    if Loss(loss) is Loss.eaft:
+        w = torch.cat([eaft_weights(lg, eaft_top_k) for lg in logits])
+        # The paper's normalisation: sum(w * ce) / number of supervised tokens, not / sum(w). Low-entropy
+        # tokens therefore really shrink the step instead of being re-balanced against the others.
+        objective = (w * ce).sum() / max(n, 1)
+        out["eaft_weight_mean"] = w.mean() if n else w.new_zeros(())
+    else:
+        objective = ce.sum() / max(n, 1)
+    if n_general:
+        kl = kl_to_base(logits[0], base_logits_at(model, batch, general)).mean()
+        objective = objective + kl_weight * kl
+        out["kl"] = kl
+    out["loss"] = objective
+    return out
 
 
 class PersonaModule(L.LightningModule):
     def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float,
-                 val_sources: list[str], val_roles: dict[str, str]):
+                 val_sources: list[str], val_roles: dict[str, str], loss: Loss | str = Loss.ce,
+                 eaft_top_k: int = 20, kl_to_base: float = 0.0):
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode: dropout would stay off
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self.val_sources, self.val_roles = val_sources, val_roles
+        self.loss_kind, self.eaft_top_k, self.kl_weight = Loss(loss), int(eaft_top_k), float(kl_to_base)
+        if self.loss_kind is Loss.eaft and self.eaft_top_k < 2:
+            raise RecipeError(f"train.eaft_top_k={eaft_top_k}: must be >= 2 (the entropy of one token is always 0)")
+        if self.kl_weight < 0 or not math.isfinite(self.kl_weight):
+            raise RecipeError(f"train.kl_to_base={kl_to_base}: must be a finite weight >= 0 (0 = off)")
+        if self.kl_weight > 0 and not hasattr(model, "disable_adapter"):
+            raise RecipeError("train.kl_to_base > 0 needs a LoRA adapter (the base model is the same model with "
+                              "the adapter disabled); it does not work with model.full_finetune=true")
         self.strict_loading = False  # checkpoints hold only the trainable (adapter) weights
         self.tokens_seen = 0  # non-pad tokens trained on
         self.supervised_seen = 0  # tokens that carried loss
@@ -50,11 +131,17 @@ class PersonaModule(L.LightningModule):
         self._val = {}
 
     def training_step(self, batch, batch_idx):
-        loss_sum, n = supervised_loss(self.model, batch)
-        loss = loss_sum / max(n, 1)
+        parts = training_objective(self.model, batch, self.loss_kind, self.eaft_top_k, self.kl_weight)
+        loss, n = parts["loss"], parts["n"]
         self.tokens_seen += batch["n_real"]
         self.supervised_seen += n
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        if self.loss_kind is not Loss.ce or self.kl_weight > 0:  # train/loss is no longer plain CE
+            self.log("train/ce", parts["ce"], batch_size=n)
+        if "eaft_weight_mean" in parts:
+            self.log("train/eaft_weight_mean", parts["eaft_weight_mean"], batch_size=n)
+        if "kl" in parts:
+            self.log("train/kl_to_base", parts["kl"].detach(), batch_size=parts["n_general"])
         self.log("train/tokens", float(self.tokens_seen), batch_size=1)
         return loss
 

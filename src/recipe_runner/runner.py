@@ -16,6 +16,8 @@ from . import checks
 from .batches import MixDataModule
 from .callbacks import AdapterPerEpoch
 from .embedded import resolve_model_path
+from .eval_callback import EvalChecks
+from .evaluation import Checker
 from .errors import RecipeError
 from .manifest import build_manifest, write_data_files
 from .mixing import Mix
@@ -24,7 +26,9 @@ from .prepare import prepare_data
 from .qlora import build_model, resolve_precision
 from .data_report import log_to_wandb, write_report
 from .report import mix_table, write_summary
-from .schema import Role
+from .run_report import append_training
+from .schema import Role, SystemPrompt
+from .templates import load_bible, render_persona
 
 
 def find_checkpoint(resume: str | None, cfg: DictConfig, run_dir: Path) -> str | None:
@@ -70,10 +74,13 @@ def build_training(cfg: DictConfig, parts: DataParts) -> tuple:
     model = build_model(cfg.model, cfg.lora, parts.model_path, parts.precision, device_map)
     tok = parts.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    dm = MixDataModule(parts.data, pad_id, cfg.data.max_length, cfg.data.packing,
-                       cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers)
     roles = {n: Role(s.role).value for n, s in cfg.data.sources.items()}
-    module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles)
+    # kl_to_base needs a per-token "general source" mask in the training batches
+    general = {n for n, r in roles.items() if r == Role.general.value} if cfg.train.kl_to_base > 0 else set()
+    dm = MixDataModule(parts.data, pad_id, cfg.data.max_length, cfg.data.packing,
+                       cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers, general_sources=general)
+    module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles,
+                           loss=cfg.train.loss, eaft_top_k=cfg.train.eaft_top_k, kl_to_base=cfg.train.kl_to_base)
     return model, dm, module
 
 
@@ -82,6 +89,18 @@ def wandb_enabled(cfg: DictConfig) -> tuple[bool, bool]:
     w = cfg.logger.wandb
     online = w.mode == "online" or (w.mode == "auto" and os.environ.get("WANDB_MODE") == "online")
     return bool(w.enabled and w.mode != "disabled"), online
+
+
+def make_eval_checks(cfg: DictConfig, parts: DataParts, run_dir: Path) -> EvalChecks:
+    """The checker (prompt sets, bible rubric, mined parroting n-grams) inside its callback."""
+    bible = load_bible(cfg.template.persona.bible)
+    persona = any(SystemPrompt(s.system) is SystemPrompt.persona for s in cfg.data.sources.values())
+    system = render_persona(cfg.template) if persona else None
+    roles = {n: Role(s.role) for n, s in cfg.data.sources.items()}
+    answers = [m["content"] for n, plan in parts.data.plans.items() if roles[n] is Role.niche
+               for msgs in plan.pool["messages"] for m in msgs if m["role"] == "assistant"]
+    checker = Checker(cfg.eval, parts.tokenizer, bible, system, answers)
+    return EvalChecks(checker, cfg.eval, run_dir, [n for n, r in roles.items() if r is Role.general])
 
 
 def make_loggers(cfg: DictConfig, run_dir: Path, job: dict) -> list:
@@ -136,8 +155,12 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     data, precision = data_parts.data, data_parts.precision
 
     monitor = cfg.train.early_stopping.monitor
-    adapters = AdapterPerEpoch(run_dir / "adapters", monitor)
+    evals = make_eval_checks(cfg, data_parts, run_dir)
+    combined = cfg.eval.select.metric == "combined" and evals.checker.rubric is not None and cfg.eval.checks
+    adapters = AdapterPerEpoch(run_dir / "adapters", "eval/combined" if combined else monitor,
+                               score=(lambda tr: evals.scores.get(tr.current_epoch)) if combined else None)
     callbacks = [
+        evals,  # before AdapterPerEpoch: the epoch's score must exist when the adapter is saved
         adapters,
         L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                             every_n_train_steps=cfg.train.checkpoint_every_n_steps or None),
@@ -174,8 +197,13 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "run_dir": str(run_dir),
         "manifest_sha256": manifest["manifest_sha256"],
         "best_epoch": adapters.best_epoch,
-        "best_score": adapters.best_score,
-        "monitor": monitor,
+        "best_score": adapters.shown(adapters.best_score) if adapters.best_score is not None else None,
+        "monitor": adapters.monitor,  # what chose adapters/best: eval/combined or the early-stopping metric
+        "baseline": evals.baseline,
+        "base_general_loss": evals.base_general_loss,
+        "checks_last": evals.history[-1] if evals.history else {},
+        "stop_reason": evals.stop_reason,
+        "eval_seconds": evals.seconds,
         "best_adapter": str(run_dir / "adapters" / ("best" if adapters.best_epoch is not None else "last")),
         "val_loss": val,
         "epochs_run": trainer.current_epoch,
@@ -194,8 +222,10 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "resumed_from": ckpt,
         "wall_seconds": time.time() - started,
     }
+    summary["eval_fraction"] = evals.seconds / summary["wall_seconds"]
     if trainer.is_global_zero:
         write_summary(run_dir, summary)
+        append_training(run_dir, summary, evals.history, evals.baseline)
         for logger in loggers:
             if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
                 logger.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})

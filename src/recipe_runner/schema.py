@@ -45,6 +45,11 @@ class SystemPrompt(str, Enum):
     keep = "keep"  # whatever the data carries (or the chat template's own default)
 
 
+class Loss(str, Enum):
+    ce = "ce"  # cross-entropy on supervised tokens
+    eaft = "eaft"  # entropy-adaptive: CE x normalised top-k entropy of the prediction (arXiv 2601.02151)
+
+
 class TrainOn(str, Enum):
     assistant = "assistant"  # loss on assistant turns (+ their end-of-turn token) only
     all = "all"  # loss on every token, prompts included
@@ -179,12 +184,49 @@ class TrainConfig:
     checkpoint_every_n_steps: int = 0  # also save a resumable checkpoint every N steps (0 = epochs only)
     resume: Optional[str] = None  # "last" (newest run of this recipe) or a run folder / .ckpt path
     num_workers: int = 0  # DataLoader workers
+    loss: Loss = Loss.ce  # ce | eaft (down-weights tokens the model is already confident about)
+    eaft_top_k: int = 20  # eaft: entropy over the top-k probabilities, normalised by log(k)
+    kl_to_base: float = 0.0  # weight of KL(tuned || base) on general-source tokens (0 = off)
+
+
+@dataclass
+class JudgeConfig:
+    enabled: bool = False  # score in-character 0-10 with an LLM judge (OpenAI-compatible endpoint)
+    base_url: str = "http://localhost:8000/v1"  # endpoint root; /chat/completions is appended
+    model: str = "gpt-4o-mini"  # model name the endpoint expects
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (never the key itself)
+    max_answers: int = 8  # answers judged per epoch (cost budget)
+
+
+@dataclass
+class SelectConfig:
+    metric: str = "combined"  # combined (persona gain - forgetting penalty) | the early-stopping monitor
+    persona_weight: float = 1.0  # weight of the adherence gain over the prompt-only baseline
+    forgetting_weight: float = 1.0  # weight of general drift (fraction of the base loss)
 
 
 @dataclass
 class EvalConfig:
     val_every_n_epochs: int = 1  # validation (per-source loss) frequency
     limit_val_batches: float = 1.0  # share (<=1.0) or count (>1) of validation batches
+    checks: bool = True  # generation checks: forgetting prompts, persona, drift, parroting, samples
+    every_n_epochs: int = 1  # generation checks every N epochs (the baseline runs once, before training)
+    ordinary_prompts: Optional[str] = "data/eval/ordinary_prompts.jsonl"  # everyday prompts (forgetting)
+    persona_prompts: Optional[str] = None  # held-out persona prompts, never in the training data
+    dialogues: Optional[str] = None  # scripted multi-turn conversations (8+ user turns) for drift
+    max_prompts: int = 16  # per prompt set and epoch (budget)
+    max_dialogues: int = 2  # scripted conversations per epoch (budget)
+    max_new_tokens: int = 48  # per generated answer (budget)
+    batch_size: int = 8  # prompts generated together
+    samples: int = 6  # answers per prompt set kept in samples.jsonl and the W&B table
+    parrot_ngrams: List[int] = field(default_factory=lambda: [3, 4, 5])  # n-gram sizes mined for parroting
+    parrot_min_count: int = 3  # an n-gram must occur this often in training answers to count
+    parrot_top_k: int = 50  # most frequent mined n-grams tracked
+    copy_span_words: int = 12  # an answer sharing this many consecutive words with training data is a copy
+    max_general_drift_pct: Optional[float] = None  # reject epochs (and stop) above this general-loss drift
+    parroting_patience: int = 0  # stop when the parroting rate rises this many epochs in a row (0 = off)
+    select: SelectConfig = field(default_factory=SelectConfig)  # which epoch becomes adapters/best
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # optional LLM judge
 
 
 @dataclass

@@ -1,0 +1,158 @@
+"""The evaluation callback: baseline before training, checks every N epochs, selection score.
+
+Before the first step it scores the prompt-only baseline (base model, whole bible as system
+prompt) and the base model's loss on the held-out general sets. After each validation it
+logs `eval/general_drift` (nats and %), and every `eval.every_n_epochs` runs the generation
+checks (evaluation.Checker) and logs them as `eval/<check>`, with `baseline/<check>` beside
+them. `eval/combined` = persona_weight x adherence gain over the baseline - forgetting_weight
+x max(general drift as a fraction, 0) ranks the epochs for adapters/best. An epoch whose drift
+exceeds `eval.max_general_drift_pct` is rejected and stops the run; so does a parroting rate
+that rose `eval.parroting_patience` epochs in a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from .evaluation import Checker
+from .generation import evaluating
+from .module import supervised_loss
+
+
+def precision(trainer):
+    """The autocast validation runs under (bf16-mixed ...): base and tuned numbers must share it,
+    or an unchanged model would show a drift of float32-vs-bf16 rounding."""
+    return trainer.precision_plugin.forward_context()
+
+
+class EvalChecks(L.Callback):
+    def __init__(self, checker: Checker, ecfg, run_dir: Path, general_sources: list[str]):
+        self.checker, self.cfg, self.run_dir = checker, ecfg, Path(run_dir)
+        self.general_sources = general_sources
+        self.baseline: dict[str, float] = {}
+        self.base_general_loss: float | None = None
+        self.history: list[dict] = []  # one row per validated epoch
+        self.scores: dict[int, float | None] = {}  # epoch -> combined score (None = not eligible)
+        self.seconds = 0.0  # spent in evaluation (baseline + checks), for the cost report
+        self.stop_reason: str | None = None
+
+    # ------------------------------------------------------------------ before training
+
+    def on_fit_start(self, trainer, pl_module):
+        started = time.perf_counter()
+        model = pl_module.model
+        with precision(trainer):
+            self.base_general_loss = self.general_loss(trainer, pl_module, adapter=False)
+            if self.cfg.checks:
+                self.checker.base_reference(model)
+                self.baseline, samples = self.checker.run(model, adapter=False)
+        if self.cfg.checks:
+            self.write_samples("baseline", samples)
+        self.seconds += time.perf_counter() - started
+        metrics = {f"baseline/{k}": v for k, v in self.baseline.items()}
+        if self.base_general_loss is not None:
+            metrics["baseline/general_loss"] = self.base_general_loss
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=0)
+
+    def general_loss(self, trainer, pl_module, adapter: bool) -> float | None:
+        """Token-weighted loss on the held-out general sets (the same loaders validation uses)."""
+        dm = trainer.datamodule
+        names = [n for n in dm.val_names if n in self.general_sources]
+        if not names:
+            return None
+        total, count = 0.0, 0
+        loaders = dict(zip(dm.val_names, dm.val_dataloader()))
+        with evaluating(pl_module.model, adapter):
+            for name in names:
+                for batch in loaders[name]:
+                    batch = {k: v.to(pl_module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                    s, n = supervised_loss(pl_module.model, batch)
+                    total, count = total + float(s), count + n
+        return total / count if count else None
+
+    # ------------------------------------------------------------------ every epoch
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        row: dict = {"epoch": epoch}
+        general = self.epoch_general_loss(pl_module)
+        if general is not None and self.base_general_loss:
+            row["general_drift"] = general - self.base_general_loss
+            row["general_drift_pct"] = 100 * row["general_drift"] / self.base_general_loss
+        last = epoch + 1 >= (trainer.max_epochs or 0)
+        if self.cfg.checks and ((epoch + 1) % self.cfg.every_n_epochs == 0 or last):
+            started = time.perf_counter()
+            with precision(trainer):
+                metrics, samples = self.checker.run(pl_module.model, adapter=True)
+            self.seconds += time.perf_counter() - started
+            row |= metrics
+            self.write_samples(epoch, samples)
+            self.log_samples_table(trainer, epoch, samples)
+        self.judge_epoch(trainer, row)
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                pl_module.log(f"eval/{key}", float(value), sync_dist=False)
+        self.history.append(row)
+
+    def epoch_general_loss(self, pl_module) -> float | None:
+        sums = [pl_module._val[n] for n in self.general_sources if n in pl_module._val]
+        count = sum(n for _, n in sums)
+        return sum(s for s, _ in sums) / count if count else None
+
+    def judge_epoch(self, trainer, row: dict) -> None:
+        """Combined score, drift threshold, parroting patience."""
+        epoch = row["epoch"]
+        drift = max(row.get("general_drift_pct", 0.0), 0.0) / 100
+        gain = row.get("persona/adherence", 0.0) - self.baseline.get("persona/adherence", 0.0) \
+            if "persona/adherence" in row else None
+        sel = self.cfg.select
+        row["combined"] = None if gain is None else sel.persona_weight * gain - sel.forgetting_weight * drift
+        limit = self.cfg.max_general_drift_pct
+        rejected = limit is not None and row.get("general_drift_pct", 0.0) > limit
+        row["rejected"] = int(rejected)
+        self.scores[epoch] = None if rejected else row["combined"]
+        if rejected:
+            self.stop(trainer, f"general drift {row['general_drift_pct']:.1f} % > eval.max_general_drift_pct={limit}")
+        patience = self.cfg.parroting_patience
+        rates = [r["parrot/rate"] for r in self.history + [row] if "parrot/rate" in r]
+        if patience and len(rates) > patience and all(b > a for a, b in zip(rates[-patience - 1:], rates[-patience:])):
+            self.stop(trainer, f"parroting rate rose {patience} epochs in a row ({rates[-patience - 1]:.2f} -> "
+                               f"{rates[-1]:.2f})")
+
+    def stop(self, trainer, reason: str) -> None:
+        trainer.should_stop = True
+        self.stop_reason = reason
+
+    # ------------------------------------------------------------------ outputs
+
+    def write_samples(self, epoch, samples: list[dict]) -> None:
+        with open(self.run_dir / "samples.jsonl", "a", encoding="utf-8") as fh:
+            for s in samples:
+                fh.write(json.dumps({"epoch": epoch, **s}, ensure_ascii=False) + "\n")
+
+    def log_samples_table(self, trainer, epoch: int, samples: list[dict]) -> None:
+        for logger in trainer.loggers:
+            if logger.__class__.__name__ == "WandbLogger":
+                logger.log_text(key="eval/samples", columns=["epoch", "set", "prompt", "answer"],
+                                data=[[epoch, s["set"], s["prompt"], s["answer"]] for s in samples])
+
+    def on_fit_end(self, trainer, pl_module):
+        if not trainer.is_global_zero or not self.history:
+            return
+        keys = sorted({k for r in self.history for k in r} - {"epoch"})
+        with open(self.run_dir / "checks.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["epoch", *keys])
+            writer.writeheader()
+            writer.writerows(self.history)
+        (self.run_dir / "baseline.json").write_text(json.dumps(
+            {"checks": self.baseline, "general_loss": self.base_general_loss,
+             "system_prompt": self.checker.baseline_system}, indent=2, ensure_ascii=False))

@@ -1,0 +1,99 @@
+"""Batched greedy generation and teacher-forced answer likelihood, for the evaluation checks.
+
+Prompts are left-padded so every row's next token sits in the last column; greedy decoding
+(do_sample=False) makes the answers a function of the weights alone, so two epochs differ only
+because the adapter did. `adapter=False` runs the same PEFT model with its adapter disabled,
+which is the base model: the baseline needs no second copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .templates import strip
+
+
+@contextlib.contextmanager
+def evaluating(model, adapter: bool = True):
+    """eval mode, no grad, KV cache on, optionally the adapter off; restores the training state."""
+    was_training = model.training
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    use_cache = getattr(base.config, "use_cache", True)
+    off = model.disable_adapter() if (not adapter and hasattr(model, "disable_adapter")) else contextlib.nullcontext()
+    model.eval()
+    base.config.use_cache = True
+    try:
+        with torch.no_grad(), off:
+            yield model
+    finally:
+        base.config.use_cache = use_cache
+        model.train(was_training)
+
+
+def render(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(strip(messages), tokenize=False, add_generation_prompt=True)
+
+
+def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
+             adapter: bool = True) -> list[str]:
+    """The model's greedy reply to each conversation (which ends on a user turn)."""
+    device = next(model.parameters()).device
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    replies: list[str] = []
+    try:
+        with evaluating(model, adapter):
+            for i in range(0, len(conversations), batch_size):
+                texts = [render(tokenizer, c) for c in conversations[i : i + batch_size]]
+                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                     eos_token_id=stop_ids(tokenizer))
+                new = out[:, enc["input_ids"].shape[1]:]
+                replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = side
+    return replies
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """End of sequence and the chat template's end of turn (<|im_end|> for ChatML)."""
+    from .templates import end_of_turn_id
+
+    return sorted({i for i in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if i is not None})
+
+
+def answer_nll(model, tokenizer, conversations: list[list[dict]], answers: list[str], batch_size: int,
+               adapter: bool = True) -> list[float]:
+    """Mean negative log-likelihood (nats per token) of each fixed answer given its conversation.
+
+    The forgetting check scores the base model's own answers to everyday prompts: if the tuned
+    model finds them less likely than the base did, it has moved away from ordinary behaviour.
+    """
+    from .templates import end_of_turn_id
+
+    device = next(model.parameters()).device
+    eot = end_of_turn_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores: list[float] = []
+    with evaluating(model, adapter):
+        for i in range(0, len(conversations), batch_size):
+            rows, spans = [], []
+            for convo, answer in zip(conversations[i : i + batch_size], answers[i : i + batch_size]):
+                prompt = tokenizer(render(tokenizer, convo), add_special_tokens=False)["input_ids"]
+                reply = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eot]
+                rows.append(prompt + reply)
+                spans.append((len(prompt), len(prompt) + len(reply)))
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for k, r in enumerate(rows):
+                ids[k, : len(r)] = torch.tensor(r)
+                mask[k, : len(r)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            token_lp = logp.gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+            for k, (a, b) in enumerate(spans):
+                scores.append(float(-token_lp[k, a - 1 : b - 1].mean()))
+    return scores
