@@ -145,8 +145,9 @@ class EvalChecks(L.Callback):
                 logger.log_text(key="eval/samples", columns=["epoch", "set", "prompt", "answer"],
                                 data=[[epoch, s["set"], s["prompt"], s["answer"]] for s in samples])
 
-    def on_fit_end(self, trainer, pl_module):
-        if not trainer.is_global_zero or not self.history:
+    def write_outputs(self) -> None:
+        """checks.csv and baseline.json; called by the runner after fit (and any final validate)."""
+        if not self.history:
             return
         keys = sorted({k for r in self.history for k in r} - {"epoch"})
         with open(self.run_dir / "checks.csv", "w", newline="") as fh:

@@ -87,9 +87,12 @@ class Reference:
 
 
 class Checker:
-    def __init__(self, ecfg, tokenizer, bible: dict, system: str | None, train_answers: list[str]):
+    def __init__(self, ecfg, tokenizer, bible: dict, system: str | None, train_answers: list[str],
+                 heldout_dialogues: list[list[str]] | None = None):
         self.cfg, self.tok = ecfg, tokenizer
         self.sets = EvalSets.load(ecfg)
+        # long held-out niche dialogues, replayed from their user turns: the voice on the user's own data
+        self.sets.dialogues += (heldout_dialogues or [])[: ecfg.max_dialogues]
         self.bible = bible
         self.rubric = PersonaRubric.from_bible(bible) if bible else None
         self.system = system  # the training-time persona prompt: what the tuned model is deployed with
@@ -103,7 +106,8 @@ class Checker:
     # ------------------------------------------------------------------ building blocks
 
     def gen(self, model, convos: list[list[dict]], adapter: bool) -> list[str]:
-        return generate(model, self.tok, convos, self.cfg.max_new_tokens, self.cfg.batch_size, adapter)
+        return generate(model, self.tok, convos, self.cfg.max_new_tokens, self.cfg.batch_size, adapter,
+                        repetition_penalty=self.cfg.repetition_penalty)
 
     def conversations(self, model, system: str | None, adapter: bool) -> list[list[str]]:
         """Reply turn by turn to every scripted conversation, all conversations batched per turn."""
@@ -136,7 +140,7 @@ class Checker:
         persona = self.gen(model, [user(p, system) for p in self.sets.persona], adapter) if self.sets.persona else []
         if self.rubric and persona:
             metrics |= {f"persona/{k}": v for k, v in score_answers(persona, self.rubric).items()
-                        if v is not None and k != "n"}
+                        if v is not None and k not in ("n", "language_n")}
         if self.cfg.judge.enabled and persona:
             judged = judge_scores(self.cfg.judge, self.bible, list(zip(self.sets.persona, persona)))
             ok = [x for x in judged if x is not None]

@@ -37,8 +37,11 @@ def render(tokenizer, messages: list[dict]) -> str:
 
 
 def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
-             adapter: bool = True) -> list[str]:
-    """The model's greedy reply to each conversation (which ends on a user turn)."""
+             adapter: bool = True, repetition_penalty: float = 1.0) -> list[str]:
+    """The model's greedy reply to each conversation (which ends on a user turn).
+
+    A repetition penalty > 1 keeps a 135M model out of "I'm not sure. I'm not sure. ..." loops,
+    which would otherwise dominate the sentence-count and marker checks; decoding stays greedy."""
     device = next(model.parameters()).device
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -49,7 +52,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
                 texts = [render(tokenizer, c) for c in conversations[i : i + batch_size]]
                 enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                     eos_token_id=stop_ids(tokenizer))
+                                     eos_token_id=stop_ids(tokenizer), repetition_penalty=repetition_penalty)
                 new = out[:, enc["input_ids"].shape[1]:]
                 replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:

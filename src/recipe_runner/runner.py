@@ -99,7 +99,15 @@ def make_eval_checks(cfg: DictConfig, parts: DataParts, run_dir: Path) -> EvalCh
     roles = {n: Role(s.role) for n, s in cfg.data.sources.items()}
     answers = [m["content"] for n, plan in parts.data.plans.items() if roles[n] is Role.niche
                for msgs in plan.pool["messages"] for m in msgs if m["role"] == "assistant"]
-    checker = Checker(cfg.eval, parts.tokenizer, bible, system, answers)
+    long_heldout = []
+    if cfg.eval.heldout_dialogues:
+        for n, val in parts.data.val.items():
+            if roles[n] is Role.niche:
+                for msgs in val["messages"]:
+                    turns = [m["content"] for m in msgs if m["role"] == "user"]
+                    if len(turns) >= cfg.eval.heldout_dialogues:
+                        long_heldout.append(turns)
+    checker = Checker(cfg.eval, parts.tokenizer, bible, system, answers, long_heldout)
     return EvalChecks(checker, cfg.eval, run_dir, [n for n, r in roles.items() if r is Role.general])
 
 
@@ -225,6 +233,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     summary["eval_fraction"] = evals.seconds / summary["wall_seconds"]
     if trainer.is_global_zero:
         write_summary(run_dir, summary)
+        evals.write_outputs()
         append_training(run_dir, summary, evals.history, evals.baseline)
         for logger in loggers:
             if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":

@@ -215,8 +215,10 @@ class EvalConfig:
     persona_prompts: Optional[str] = None  # held-out persona prompts, never in the training data
     dialogues: Optional[str] = None  # scripted multi-turn conversations (8+ user turns) for drift
     max_prompts: int = 16  # per prompt set and epoch (budget)
-    max_dialogues: int = 2  # scripted conversations per epoch (budget)
+    max_dialogues: int = 2  # scripted conversations per epoch, bundled and held-out each (budget)
     max_new_tokens: int = 48  # per generated answer (budget)
+    repetition_penalty: float = 1.2  # greedy decoding, but loops penalised (1.0 = plain greedy)
+    heldout_dialogues: int = 4  # held-out niche dialogues with at least this many user turns are replayed too (0 = off)
     batch_size: int = 8  # prompts generated together
     samples: int = 6  # answers per prompt set kept in samples.jsonl and the W&B table
     parrot_ngrams: List[int] = field(default_factory=lambda: [3, 4, 5])  # n-gram sizes mined for parroting
