@@ -30,3 +30,32 @@ def test_plain_lora_keeps_full_precision_base(tiny_model):
     q = model.get_base_model().model.layers[0].self_attn.q_proj
     assert q.base_layer.weight.dtype == torch.float32 and not q.base_layer.weight.requires_grad
     assert q.lora_A["default"].weight.requires_grad
+
+
+def test_gradients_survive_an_eval_forward(tiny_model):
+    """Validation and generation run the 4-bit layers in eval mode without grad; bitsandbytes would
+    then repack the weights for CPU inference, after which no gradient reached the earlier layers."""
+    import bitsandbytes as bnb
+
+    mcfg = OmegaConf.structured(ModelConfig(quant="nf4"))
+    model = build_model(mcfg, OmegaConf.structured(LoraConfig(r=4, alpha=8, dropout=0.0)), str(tiny_model),
+                        "bf16-mixed")
+    assert all(not m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # peft starts B at zero; give every layer a gradient path
+    ids = torch.randint(0, 1000, (2, 16))
+
+    def first_layer_grad() -> torch.Tensor:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+        return model.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"].weight.grad.clone()
+
+    before = first_layer_grad()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids)  # what every validation step does
+    model.train()
+    assert before.norm() > 0 and torch.equal(first_layer_grad(), before)

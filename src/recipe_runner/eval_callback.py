@@ -12,6 +12,7 @@ that rose `eval.parroting_patience` epochs in a row.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import time
@@ -25,10 +26,16 @@ from .generation import evaluating
 from .module import supervised_loss
 
 
+@contextlib.contextmanager
 def precision(trainer):
     """The autocast validation runs under (bf16-mixed ...): base and tuned numbers must share it,
-    or an unchanged model would show a drift of float32-vs-bf16 rounding."""
-    return trainer.precision_plugin.forward_context()
+    or an unchanged model would show a drift of float32-vs-bf16 rounding. The RNG state is
+    restored afterwards: each DataLoader iterator draws a seed from torch's global generator, so
+    evaluating would otherwise change the dropout masks of the training that follows (a run with
+    checks on must train exactly like one with checks off)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices), trainer.precision_plugin.forward_context():
+        yield
 
 
 class EvalChecks(L.Callback):

@@ -46,6 +46,24 @@ def enable_checkpointing(model, fraction: float) -> None:
         layer.gradient_checkpointing = int((i + 1) * fraction) > int(i * fraction)
 
 
+def keep_4bit_trainable(model) -> int:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights; returns the layers touched.
+
+    On a CPU with AVX512-BF16, the first forward of a Linear4bit in eval mode without grad (every
+    validation, every generated answer) repacks its weight for `gemv_4bit`, permanently, and
+    gemv_4bit has no autograd kernel: afterwards no gradient flows back through the frozen layers.
+    Measured on SmolLM2 after one validation-style forward: the LoRA gradient of layer 0 fell from
+    norm 1.39 to 0.0002 (layer 29 unchanged), so only the last layers kept learning from the
+    second epoch on. Inference stays correct without the repacking, only a little slower.
+    """
+    touched = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched
+
+
 def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None):
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -73,6 +91,7 @@ def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, 
             kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.use_cache = False  # no KV cache in training; also lets packed rows be detected
+    keep_4bit_trainable(model)
     if mcfg.full_finetune:
         if mcfg.gradient_checkpointing:
             enable_checkpointing(model, mcfg.checkpoint_fraction)
