@@ -40,6 +40,8 @@ def test_every_check_is_logged_and_reported(tiny_model, tiny_data, tmp_path):
                     "![loss curves](loss_curves.png)", "Chosen checkpoint: epoch"):
         assert section in report, section
     assert (run_dir / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "vs prompt-only baseline" in res.stdout and f"(epoch {best['epoch']})" in res.stdout
+    assert summary["checks_best"]["epoch"] == best["epoch"]
 
 
 def test_unchanged_weights_show_zero_drift(tiny_model, tiny_data, tmp_path):

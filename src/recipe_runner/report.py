@@ -96,4 +96,13 @@ def closing_lines(run_dir: Path, s: dict) -> None:
                   f"at {s['tokens_per_second']:.0f} tok/s")
     console.print(f"peak memory    {s['peak_rss_mb']:.0f} MB RSS" +
                   (f", {s['peak_cuda_mb']:.0f} MB CUDA" if s.get("peak_cuda_mb") else ""))
-    console.print(f"wall time      {s['wall_seconds']:.0f} s; summary: {run_dir / 'summary.json'}")
+    last, base = s.get("checks_best") or s.get("checks_last") or {}, s.get("baseline") or {}
+    if "persona/adherence" in last and "persona/adherence" in base:
+        console.print(f"persona        adherence {last['persona/adherence']:.3f} vs prompt-only baseline "
+                      f"{base['persona/adherence']:.3f} (epoch {last['epoch']})")
+    if last.get("general_drift_pct") is not None:
+        console.print(f"forgetting     general loss {last['general_drift_pct']:+.1f} % vs the base model")
+    if s.get("eval_seconds"):
+        console.print(f"evaluation     {s['eval_seconds']:.0f} s ({100 * s['eval_fraction']:.0f} % of the run)")
+    console.print(f"wall time      {s['wall_seconds']:.0f} s; summary: {run_dir / 'summary.json'}; "
+                  f"report: {run_dir / 'report.md'}")

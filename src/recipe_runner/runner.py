@@ -210,6 +210,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "baseline": evals.baseline,
         "base_general_loss": evals.base_general_loss,
         "checks_last": evals.history[-1] if evals.history else {},
+        "checks_best": next((r for r in evals.history if r["epoch"] == adapters.best_epoch), {}),
         "stop_reason": evals.stop_reason,
         "eval_seconds": evals.seconds,
         "best_adapter": str(run_dir / "adapters" / ("best" if adapters.best_epoch is not None else "last")),
