@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, Features, concatenate_datasets
+from datasets import Dataset, Features, concatenate_datasets, disable_progress_bars, enable_progress_bars
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -151,9 +152,18 @@ def build_tokens(folder: Path, name: str, cleaned: Dataset, encoder: Encoder, cf
     n_proc = workers(len(cleaned), cfg.data.num_proc)
     if n_proc > 1:  # forked workers: the Rust tokenizer's own threads would deadlock-guard and warn
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    cleaned.map(encode, batched=True, batch_size=BATCH, writer_batch_size=BATCH, num_proc=n_proc,
-                features=Features.from_arrow_schema(ENCODED), cache_file_name=str(folder / "encoded.arrow"),
-                load_from_cache_file=False, desc=f"tokenizing {name}")
+    quiet = not sys.stderr.isatty()  # in a log file datasets' bar redraws per batch: 1,000 lines for 1M rows
+    if quiet:
+        disable_progress_bars()
+    try:
+        cleaned.map(encode, batched=True, batch_size=BATCH, writer_batch_size=BATCH, num_proc=n_proc,
+                    features=Features.from_arrow_schema(ENCODED), cache_file_name=str(folder / "encoded.arrow"),
+                    load_from_cache_file=False, desc=f"tokenizing {name}")
+    finally:
+        if quiet:
+            enable_progress_bars()
+    if quiet:
+        print(f"tokenized {name}: {len(cleaned):,} examples in {n_proc} process(es)", file=sys.stderr)
     ds = encoded_files(folder)
     n_tokens = column(ds, "n_tokens")
     keep, dropped = token_bounds(n_tokens, cfg.data.clean, cfg.data.max_length)
