@@ -91,6 +91,13 @@ def main() -> None:
         default = RECIPES / "alex_persona_cpu.yaml"
         for f in files or ([default] if default.exists() else []):
             scan_recipe_file(f)
+        for arg in argv:  # sweep files are shared like recipes: data only
+            if arg.startswith("sweep="):
+                sweep = CONF / "sweep" / f"{arg.split('=', 1)[1]}.yaml"
+                if not sweep.exists():
+                    known = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
+                    raise_user(f"{arg}: no conf/sweep/{sweep.name}; known sweeps: {known}")
+                scan_recipe_file(sweep)
         scan_overrides([a for a in argv if "=" in a])
     except RecipeError as exc:
         raise_user(str(exc))
