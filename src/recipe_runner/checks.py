@@ -139,8 +139,10 @@ def check(cfg: DictConfig) -> None:
           f"logged metrics: {sorted(metric_names(cfg))}")
     if t.resume not in (None, "last") and not Path(t.resume).exists():
         p(f"train.resume={t.resume}: no such run folder or checkpoint")
-    if cfg.stage not in ("train", "prepare"):
-        p(f"stage={cfg.stage!r}: choose train (everything) or prepare (data only)")
+    if cfg.stage not in ("train", "prepare", "compare"):
+        p(f"stage={cfg.stage!r}: choose train (everything), prepare (data only) or compare (a sweep's leaderboard)")
+    if cfg.stage == "compare" and not cfg.sweep_dir:
+        p("stage=compare needs sweep_dir=outputs/sweeps/<recipe>/<time>")
     if cfg.logger.wandb.mode not in ("auto", "offline", "online", "disabled"):
         p(f"logger.wandb.mode={cfg.logger.wandb.mode!r}: choose auto, offline, online or disabled")
     problems += eval_problems(cfg)

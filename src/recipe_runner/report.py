@@ -83,6 +83,9 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def closing_lines(run_dir: Path, s: dict) -> None:
     console.rule("[bold]done")
     console.print(f"run folder     {run_dir}")
+    if s.get("stage") == "compare":
+        console.print(f"leaderboard    {s['table']} (+ compare.csv, plots) for {s['jobs']} jobs, {s['failed']} failed")
+        return
     if s.get("stage") == "prepare":
         console.print(f"held-out sets  {run_dir / 'heldout'}")
         console.print(f"manifest       {run_dir / 'manifest.json'}  (sha256 {s['manifest_sha256'][:16]}...)")

@@ -24,6 +24,7 @@ from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
 from .qlora import build_model, resolve_precision
+from .compare import compare
 from .data_report import log_to_wandb, write_report
 from .report import mix_table, write_summary
 from .run_report import append_training
@@ -142,6 +143,10 @@ def start_wandb(cfg: DictConfig, run_dir: Path, job: dict, job_type: str):
 def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     started = time.time()
     checks.check(cfg)
+    if cfg.stage == "compare":  # reads a finished sweep; nothing is trained
+        summary = compare(cfg.sweep_dir)
+        write_summary(run_dir, summary)
+        return summary
     L.seed_everything(cfg.train.seed, verbose=False)
     ckpt = find_checkpoint(cfg.train.resume, cfg, run_dir)
 

@@ -256,7 +256,8 @@ class PathsConfig:
 class RunConfig:
     name: str = "unnamed"  # recipe name: folders, W&B run names and tags
     description: str = ""  # one line shown by --cfg and in the W&B config
-    stage: str = "train"  # train (the whole pipeline) | prepare (data only: tables, held-out sets, manifest)
+    stage: str = "train"  # train (the whole pipeline) | prepare (data only) | compare (a sweep's leaderboard)
+    sweep_dir: Optional[str] = None  # stage=compare: the sweep folder (outputs/sweeps/<recipe>/<time>)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
