@@ -56,7 +56,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -67,6 +66,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from machine import busy_cpu_seconds, cpu_seconds  # noqa: E402  (bench/ is the script folder)
 BENCH = REPO / "outputs" / "bench" / "prepare"
 GENERATOR_VERSION = 1
 CHUNK = 8192  # examples generated per numpy draw
@@ -255,18 +256,6 @@ def corpus_file(n: int, seed: int, regenerate: bool) -> tuple[Path, dict]:
 
 # ---------------------------------------------------------------- measuring one prepare run
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has been busy (Linux /proc/stat)."""
-    with open("/proc/stat") as fh:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, fh.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu_seconds() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
 def tree_rss(proc) -> tuple[int, int]:
     """(RSS summed over proc and its descendants, number of processes)."""
     import psutil
@@ -299,7 +288,7 @@ def run_prepare(label: str, cmd: list[str], env: dict, run_dir: Path, timeout: f
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     out_log, err_log = run_dir.with_name(run_dir.name + ".stdout.log"), run_dir.with_name(run_dir.name + ".stderr.log")
     print(f"[bench] {label}: {' '.join(cmd[1:])}", flush=True)
-    busy0, self0 = busy_cpu_seconds(), self_cpu_seconds()
+    busy0, self0 = busy_cpu_seconds(), cpu_seconds()
     started = time.perf_counter()
     with open(out_log, "wb") as out, open(err_log, "wb") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, start_new_session=True)
@@ -325,7 +314,7 @@ def run_prepare(label: str, cmd: list[str], env: dict, run_dir: Path, timeout: f
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     child_cpu = usage.ru_utime + usage.ru_stime
-    others = max(0.0, (busy_cpu_seconds() - busy0 - child_cpu - (self_cpu_seconds() - self0)) / wall)
+    others = max(0.0, (busy_cpu_seconds() - busy0 - child_cpu - (cpu_seconds() - self0)) / wall)
     res = {"label": label, "rc": proc.returncode, "timed_out": timed_out, "wall_s": wall,
            "peak_rss_mb": usage.ru_maxrss / 1024, "tree_rss_mb": tree_peak / 2**20 if ps is not None else None,
            "tree_max_procs": tree_procs if ps is not None else None,

@@ -49,6 +49,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+from machine import busy_cpu_seconds, cpu_seconds  # noqa: E402  (bench/ is the script folder)
 RUNS = ("ours", "trl", "trl_packing")
 
 
@@ -255,18 +257,6 @@ def worker(a, overrides: list[str]) -> None:
     Path(a.result).write_text(json.dumps(res))
 
 
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has been busy (Linux /proc/stat): other work skews every number here."""
-    with open("/proc/stat") as fh:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, fh.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def print_table(results: dict) -> None:
     cols = ["runner", "precision", "steps", "non-pad tok", "label tok", "seconds", "non-pad tok/s",
             "label tok/s", "tok/step", "peak RSS MB"]
@@ -338,10 +328,10 @@ def main() -> None:
                    "--warmup", str(a.warmup), "--trl-gc", a.trl_gc, "--workdir", str(workdir),
                    "--result", str(result), *overrides, *data_overrides]
             print(f"[bench] {name}: {a.steps} steps ({a.warmup} warm-up)", flush=True)
-            started, busy0, ours0 = time.time(), busy_cpu_seconds(), children_cpu_seconds()
+            started, busy0, ours0 = time.time(), busy_cpu_seconds(), cpu_seconds(resource.RUSAGE_CHILDREN)
             rc = subprocess.run(cmd, env=env).returncode
             wall = time.time() - started
-            others = (busy_cpu_seconds() - busy0 - (children_cpu_seconds() - ours0)) / wall
+            others = (busy_cpu_seconds() - busy0 - (cpu_seconds(resource.RUSAGE_CHILDREN) - ours0)) / wall
             results[name] = json.loads(result.read_text()) if rc == 0 else {"error": f"exit code {rc}"}
             results[name].update(wall_s=wall, other_cpu_cores=others)
     print()

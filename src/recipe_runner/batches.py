@@ -16,7 +16,7 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-from .manifest import ids_hash
+from .manifest import pairs_hash
 from .templates import IGNORE
 
 
@@ -121,9 +121,9 @@ class MixDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer else 0
-        train = self.mix.train_for_epoch(epoch)
-        self.epoch_hashes[epoch] = ids_hash([train])
-        rows = Rows(train, self.max_length, self.packing, self.seed + epoch, self.general_sources)
+        rows = Rows(self.mix.train_for_epoch(epoch), self.max_length, self.packing, self.seed + epoch,
+                    self.general_sources)
+        self.epoch_hashes[epoch] = pairs_hash(zip(rows.ids, rows.labels))  # the lists Rows already read
         return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate,
                           num_workers=self.num_workers)
 

@@ -7,6 +7,7 @@ reported together so one run shows every mistake.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -163,8 +164,6 @@ def eval_problems(cfg: DictConfig) -> list[str]:
     if e.checks and e.persona_prompts and not cfg.template.persona.bible:
         out.append("eval.persona_prompts are scored against the bible, but template.persona.bible is not set")
     if e.judge.enabled:
-        import os
-
         if not os.environ.get(e.judge.api_key_env):
             out.append(f"eval.judge.enabled=true but ${e.judge.api_key_env} is empty (eval.judge.api_key_env)")
     return out

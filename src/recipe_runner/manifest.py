@@ -28,14 +28,18 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def ids_hash(datasets) -> str:
+def pairs_hash(pairs) -> str:
+    """sha256 over (input_ids, labels) rows, in order."""
     h = hashlib.sha256()
-    for ds in datasets:
-        for ids, labels in zip(ds["input_ids"], ds["labels"]):
-            h.update(np.asarray(ids, dtype=np.int64).tobytes())
-            h.update(np.asarray(labels, dtype=np.int64).tobytes())
-            h.update(b"|")
+    for ids, labels in pairs:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+        h.update(np.asarray(labels, dtype=np.int64).tobytes())
+        h.update(b"|")
     return h.hexdigest()
+
+
+def ids_hash(datasets) -> str:
+    return pairs_hash((ids, labels) for ds in datasets for ids, labels in zip(ds["input_ids"], ds["labels"]))
 
 
 def build_manifest(cfg, mix: Mix, model_path: str) -> dict:

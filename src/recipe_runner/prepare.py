@@ -189,11 +189,14 @@ def prepare_source(name: str, src, cfg, tokenizer, encoder: Encoder, cache: Data
                        dict(cfg.data.placeholders), text_tokens)
     clean_dir, clean_reused = cache.entry("clean", clean_key, lambda f: build_clean(f, name, src, cfg, tokenizer))
     stats = json.loads((clean_dir / "stats.json").read_text())
-    cleaned = Dataset.from_file(str(clean_dir / "examples.arrow")).select(np.load(clean_dir / "keep.npy"))
+
+    def tokenize(folder: Path) -> None:  # only on a cache miss: a warm prepare never opens the cleaned rows
+        cleaned = Dataset.from_file(str(clean_dir / "examples.arrow")).select(np.load(clean_dir / "keep.npy"))
+        build_tokens(folder, name, cleaned, encoder, cfg)
 
     tok_key = key_of(VERSION, clean_key, tok_hash, OmegaConf.to_container(cfg.template, resolve=True),
                      encoder.persona, src.system, cfg.data.max_length, by_tokens)
-    tok_dir, tok_reused = cache.entry("tokens", tok_key, lambda f: build_tokens(f, name, cleaned, encoder, cfg))
+    tok_dir, tok_reused = cache.entry("tokens", tok_key, tokenize)
     tok_stats = json.loads((tok_dir / "stats.json").read_text())
     keep = np.load(tok_dir / "keep.npy")
     ds = encoded_files(tok_dir)
