@@ -48,5 +48,18 @@ def run_info(path: Path) -> dict:
     for rec in records(path):
         if rec.WhichOneof("record_type") == "run":
             cfg = {item.key or "/".join(item.nested_key) for item in rec.run.config.update}
-            return {"group": rec.run.run_group, "name": rec.run.display_name, "config_keys": cfg}
+            return {"group": rec.run.run_group, "name": rec.run.display_name, "config_keys": cfg,
+                    "tags": list(rec.run.tags)}
     return {}
+
+
+def summary(path: Path) -> dict:
+    """The run summary as the file leaves it: later summary records update earlier ones."""
+    import json
+
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "summary":
+            for item in rec.summary.update:
+                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out

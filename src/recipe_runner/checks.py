@@ -23,6 +23,7 @@ FORBIDDEN = {
     "_partial_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
     "trust_remote_code": "a shared recipe cannot make this process run code from a model repository",
 }
+STRATEGIES = ("auto", "ddp")  # README, Scale: what is tested where
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
@@ -63,6 +64,12 @@ def _langid_languages() -> list[str]:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     return list(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)  # the languages its model knows
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check(cfg: DictConfig) -> None:
@@ -135,6 +142,14 @@ def check(cfg: DictConfig) -> None:
             p(f"train.{key}={t[key]}: must be >= 1")
     if t.lr <= 0:
         p(f"train.lr={t.lr}: must be > 0")
+    if t.strategy not in STRATEGIES:
+        p(f"train.strategy={t.strategy!r}: choose one of {list(STRATEGIES)}" + (
+          " (fsdp is not built yet: a small model's 4-bit base fits on any training GPU, so ddp gives the "
+          "same speed-up; see README, Scale)" if t.strategy.startswith(("fsdp", "deepspeed")) else ""))
+    if t.precision == "16-mixed" and (t.accelerator == "cpu" or (t.accelerator == "auto" and not cuda_available())):
+        p("train.precision='16-mixed': float16 autocast needs a GPU; on CPU use bf16-mixed or 32-true (or auto)")
+    if t.num_nodes < 1:
+        p(f"train.num_nodes={t.num_nodes}: must be >= 1")
     if sources and t.early_stopping.monitor not in metric_names(cfg):
         p(f"train.early_stopping.monitor={t.early_stopping.monitor!r} is never logged; "
           f"logged metrics: {sorted(metric_names(cfg))}")

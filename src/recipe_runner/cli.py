@@ -101,6 +101,9 @@ def main() -> None:
         scan_overrides([a for a in argv if "=" in a])
     except RecipeError as exc:
         raise_user(str(exc))
+    modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run")]
+    if len({m.lstrip("-")[0] for m in modes}) > 1:
+        raise_user(f"{' and '.join(modes)}: choose one (--cfg prints one job's config: drop -m to see it)")
     sys.argv = [sys.argv[0], *_name_jobs_by_swept_keys(argv)]
     _hydra_main()
 
@@ -119,6 +122,9 @@ def _hydra_main() -> None:
     job()
 
 
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
 def run_job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -129,23 +135,92 @@ def run_job(cfg) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    argv, dist_env = sys.argv, {k: os.environ.get(k) for k in DIST_ENV}
     if hc.mode == RunMode.MULTIRUN:
         sweep = Path(hc.sweep.dir)
         job = {"group": f"{cfg.name}-{sweep.name}", "name": f"{hc.job.num}_{hc.job.override_dirname or 'base'}"}
     else:
         job = {"group": None, "name": f"{cfg.name}-{run_dir.name}"}
+    gpu_lock = None
     try:
+        if cfg.train.strategy == "ddp":
+            ddp_children_rerun_this_job(hc, run_dir)
+        gpu_lock = one_gpu_per_parallel_job(cfg, hc)
         summary = run(cfg, run_dir, job)
     except RecipeError as exc:
         (run_dir / "error.txt").write_text(str(exc) + "\n")
         if hc.mode == RunMode.MULTIRUN:
             raise  # Hydra records it, runs the other jobs, and reports the failure at the end
         raise_user(str(exc))
+    except Exception as exc:  # a crash (out of memory, a bug): recorded in the job folder too
+        import traceback
+
+        (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        raise
     finally:
+        sys.argv = argv
+        if gpu_lock is not None:
+            gpu_lock.close()  # the next job of this worker (or another worker) may take the GPU
         if "wandb" in sys.modules:
             import wandb
 
             wandb.finish()  # in a sweep the next job must start its own W&B run
-    if (run_dir / "summary.json").exists():  # rank zero wrote it; the headline comes last
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()  # the next DDP job of a sweep starts its own group
+        for key, value in dist_env.items():  # Lightning's launcher leaves LOCAL_RANK=0, MASTER_PORT ... in
+            if value is None:               # os.environ; the next job would take them to mean "started by
+                os.environ.pop(key, None)   # torchrun" and wait forever for ranks nobody starts
+            else:
+                os.environ[key] = value
+    from .runner import launch_rank
+
+    if (run_dir / "summary.json").exists() and launch_rank() == 0:  # the headline comes last
         closing_lines(run_dir, summary)
     return summary.get("best_score")
+
+
+def one_gpu_per_parallel_job(cfg, hc):
+    """Under hydra/launcher=parallel on a multi-GPU machine: pin this job to a free GPU."""
+    if "JoblibLauncher" not in str(hc.launcher.get("_target_", "")) or cfg.train.accelerator == "cpu":
+        return None
+    import torch
+    from omegaconf import open_dict
+
+    from .devices import claim_gpu
+
+    count = torch.cuda.device_count()
+    if count < 2 or cfg.train.devices not in ("auto", 1):
+        return None
+    k, lock = claim_gpu(Path(hc.sweep.dir) / ".devices", count)
+    with open_dict(cfg):
+        cfg.train.devices = [k]
+    return lock
+
+
+def ddp_children_rerun_this_job(hc, run_dir: Path) -> None:
+    """Make Lightning's DDP launcher start this job's other ranks, not the whole sweep again.
+
+    Lightning starts ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir=<hydra.run.dir>`.
+    In a sweep sys.argv still holds `-m` and every swept value, and hydra.run.dir is not the job's
+    folder; so for the length of the job sys.argv becomes this job's own overrides and
+    hydra.run.dir its folder. Launchers that run jobs in worker processes (joblib, submitit local)
+    cannot re-run a command line at all: DDP jobs there are refused with a clear error.
+    """
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    from .errors import RecipeError
+
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    launcher = str(hc.launcher.get("_target_", ""))
+    if "BasicLauncher" not in launcher and "SlurmLauncher" not in launcher:
+        raise RecipeError(f"train.strategy=ddp: the {launcher.rsplit('.', 1)[-1]} runs jobs in worker processes, "
+                          "where Lightning cannot start the other ranks; sweep DDP jobs with the default launcher "
+                          "(one job after another, each on every device) or hydra/launcher=slurm")
+    flags = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and ("=" not in a or a.startswith("-"))]
+    sys.argv = [sys.argv[0], *flags, *hc.overrides.task]
+    with read_write(hc.run):
+        hc.run.dir = str(run_dir)

@@ -8,6 +8,9 @@ them. `eval/combined` = persona_weight x adherence gain over the baseline - forg
 x max(general drift as a fraction, 0) ranks the epochs for adapters/best. An epoch whose drift
 exceeds `eval.max_general_drift_pct` is rejected and stops the run; so does a parroting rate
 that rose `eval.parroting_patience` epochs in a row.
+
+Under DDP generation runs on rank 0 and its numbers are broadcast, so every rank takes the
+same stop and selection decisions; the held-out losses are summed over all ranks first.
 """
 
 from __future__ import annotations
@@ -54,13 +57,16 @@ class EvalChecks(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         started = time.perf_counter()
         model = pl_module.model
-        with precision(trainer):
-            self.base_general_loss = self.general_loss(trainer, pl_module, adapter=False)
+        if trainer.is_global_zero:  # under DDP the other ranks wait in the broadcast below
+            with precision(trainer):
+                self.base_general_loss = self.general_loss(trainer, pl_module, adapter=False)
+                if self.cfg.checks:
+                    self.checker.base_reference(model)
+                    self.baseline, samples = self.checker.run(model, adapter=False)
             if self.cfg.checks:
-                self.checker.base_reference(model)
-                self.baseline, samples = self.checker.run(model, adapter=False)
-        if self.cfg.checks:
-            self.write_samples("baseline", samples)
+                self.write_samples("baseline", samples)
+        # every rank judges epochs (and so stops) alike
+        self.baseline, self.base_general_loss = trainer.strategy.broadcast((self.baseline, self.base_general_loss))
         self.seconds += time.perf_counter() - started
         metrics = {f"baseline/{k}": v for k, v in self.baseline.items()}
         if self.base_general_loss is not None:
@@ -98,12 +104,14 @@ class EvalChecks(L.Callback):
         last = epoch + 1 >= (trainer.max_epochs or 0)
         if self.cfg.checks and ((epoch + 1) % self.cfg.every_n_epochs == 0 or last):
             started = time.perf_counter()
-            with precision(trainer):
-                metrics, samples = self.checker.run(pl_module.model, adapter=True)
+            metrics = {}
+            if trainer.is_global_zero:  # generation on rank 0 only, its numbers sent to the others
+                with precision(trainer):
+                    metrics, samples = self.checker.run(pl_module.model, adapter=True)
+                self.write_samples(epoch, samples)
+                self.log_samples_table(trainer, epoch, samples)
+            row |= trainer.strategy.broadcast(metrics)
             self.seconds += time.perf_counter() - started
-            row |= metrics
-            self.write_samples(epoch, samples)
-            self.log_samples_table(trainer, epoch, samples)
         self.judge_epoch(trainer, row)
         for key, value in row.items():
             if key != "epoch" and value is not None:
@@ -111,7 +119,8 @@ class EvalChecks(L.Callback):
         self.history.append(row)
 
     def epoch_general_loss(self, pl_module) -> float | None:
-        sums = [pl_module._val[n] for n in self.general_sources if n in pl_module._val]
+        totals = pl_module.val_totals()  # over all ranks
+        sums = [totals[n] for n in self.general_sources if n in totals]
         count = sum(n for _, n in sums)
         return sum(s for s, _ in sums) / count if count else None
 

@@ -129,6 +129,7 @@ class PersonaModule(L.LightningModule):
         self.train_seconds = 0.0  # inside training batches (forward, backward, optimizer), no validation
         self._batch_started = 0.0
         self._val = {}
+        self._val_reduced = False
 
     def training_step(self, batch, batch_idx):
         parts = training_objective(self.model, batch, self.loss_kind, self.eaft_top_k, self.kl_weight)
@@ -153,6 +154,7 @@ class PersonaModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val = {name: [0.0, 0] for name in self.val_sources}
+        self._val_reduced = False
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         loss_sum, n = supervised_loss(self.model, batch)
@@ -160,10 +162,25 @@ class PersonaModule(L.LightningModule):
         acc[0] += float(loss_sum)
         acc[1] += n
 
+    def val_totals(self) -> dict[str, list]:
+        """{source: [summed loss, tokens]} over every rank's share of the validation rows.
+
+        Under DDP each rank validates 1/world of the rows; summing sums and counts (not averaging
+        per-rank means) keeps the loss token-weighted. A collective: every rank calls it, once per
+        validation, in the same order (EvalChecks first, then on_validation_epoch_end).
+        """
+        if not self._val_reduced and self.trainer.world_size > 1:
+            flat = torch.tensor([x for name in self.val_sources for x in self._val[name]], dtype=torch.float64,
+                                device=self.device)
+            flat = self.trainer.strategy.reduce(flat, reduce_op="sum").tolist()
+            self._val = {name: [flat[2 * i], int(flat[2 * i + 1])] for i, name in enumerate(self.val_sources)}
+        self._val_reduced = True
+        return self._val
+
     def on_validation_epoch_end(self):
         """val/loss_<source>, val/loss_<role> (niche, general) and val/loss, all token-weighted."""
         sums = {}
-        for name, (s, n) in self._val.items():
+        for name, (s, n) in self.val_totals().items():
             for key in (name, self.val_roles[name], "all"):
                 agg = sums.setdefault(key, [0.0, 0])
                 agg[0] += s
@@ -171,7 +188,7 @@ class PersonaModule(L.LightningModule):
         for key, (s, n) in sums.items():
             if n:
                 metric = "val/loss" if key == "all" else f"val/loss_{key}"
-                self.log(metric, s / n, prog_bar=key in ("all", "niche"), sync_dist=True)
+                self.log(metric, s / n, prog_bar=key in ("all", "niche"))  # already summed over ranks
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

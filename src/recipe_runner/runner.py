@@ -32,6 +32,14 @@ from .schema import Role, SystemPrompt
 from .templates import load_bible, render_persona
 
 
+def launch_rank() -> int:
+    """This process's global rank, known before the Trainer exists (DDP children get LOCAL_RANK,
+    SLURM tasks SLURM_PROCID): files shared by all ranks are written by rank 0 only."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 def find_checkpoint(resume: str | None, cfg: DictConfig, run_dir: Path) -> str | None:
     if resume is None:
         return None
@@ -71,7 +79,10 @@ def load_data(cfg: DictConfig) -> DataParts:
 def build_training(cfg: DictConfig, parts: DataParts) -> tuple:
     """The model with its adapter, the data module and the Lightning module (also used by bench/)."""
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
-    device_map = {"": int(os.environ.get("LOCAL_RANK", 0))} if on_gpu else None
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    devices = cfg.train.devices  # [2, 3]: local rank 0 uses cuda:2
+    index = devices[local_rank] if OmegaConf.is_list(devices) or isinstance(devices, list) else local_rank
+    device_map = {"": int(index)} if on_gpu else None
     model = build_model(cfg.model, cfg.lora, parts.model_path, parts.precision, device_map)
     tok = parts.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -150,11 +161,12 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     L.seed_everything(cfg.train.seed, verbose=False)
     ckpt = find_checkpoint(cfg.train.resume, cfg, run_dir)
 
-    data_parts = load_data(cfg)
-    mix_table(data_parts.data, run_dir)
+    data_parts = load_data(cfg)  # DDP ranks > 0 find rank 0's data in the cache
     manifest = build_manifest(cfg, data_parts.data, data_parts.model_path)
-    write_data_files(run_dir, data_parts.data, manifest)
-    write_report(data_parts.data, run_dir, cfg.name, manifest, cfg.data.max_length)
+    if launch_rank() == 0:
+        mix_table(data_parts.data, run_dir)
+        write_data_files(run_dir, data_parts.data, manifest)
+        write_report(data_parts.data, run_dir, cfg.name, manifest, cfg.data.max_length)
     if cfg.stage == "prepare":  # data only: no weights are loaded
         wandb_run = start_wandb(cfg, run_dir, job, job_type="prepare")
         if wandb_run is not None:
@@ -184,13 +196,14 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     ]
     loggers = make_loggers(cfg, run_dir, job)
     for logger in loggers:
-        if logger.__class__.__name__ == "WandbLogger":
+        if logger.__class__.__name__ == "WandbLogger" and launch_rank() == 0:
             log_to_wandb(logger.experiment, data, run_dir)
     trainer = L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
         accumulate_grad_batches=cfg.train.grad_accum, gradient_clip_val=cfg.train.grad_clip or None,
         precision=precision, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-        strategy=cfg.train.strategy, logger=loggers, callbacks=callbacks, num_sanity_val_steps=0,
+        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, logger=loggers, callbacks=callbacks,
+        num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.eval.val_every_n_epochs, limit_val_batches=cfg.eval.limit_val_batches,
         log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1,  # each epoch: its own general draw and packing
@@ -204,6 +217,9 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         module.model.save_pretrained(run_dir / "adapters" / "last")
 
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    # every rank trains on its own rows: the run's throughput is the sum over ranks
+    tokens = int(trainer.strategy.reduce(torch.tensor(float(module.tokens_seen)), reduce_op="sum"))
+    supervised = int(trainer.strategy.reduce(torch.tensor(float(module.supervised_seen)), reduce_op="sum"))
     summary = {
         "stage": "train",
         "recipe": cfg.name,
@@ -223,9 +239,11 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "epochs_run": trainer.current_epoch,
         "global_step": trainer.global_step,
         "stopped_early": bool(trainer.should_stop and trainer.current_epoch < cfg.train.max_epochs),
-        "trained_tokens": module.tokens_seen,
-        "supervised_tokens": module.supervised_seen,
-        "tokens_per_second": module.tokens_seen / module.train_seconds if module.train_seconds else 0.0,
+        "trained_tokens": tokens,
+        "supervised_tokens": supervised,
+        "tokens_per_second": tokens / module.train_seconds if module.train_seconds else 0.0,
+        "strategy": cfg.train.strategy,
+        "world_size": trainer.world_size,
         "fit_seconds": fit_seconds,
         "mix": {r.source: {"train_tokens": r.train_tokens, "share": r.share} for r in data.rows},
         "general_to_niche_ratio": data.ratio,
