@@ -35,6 +35,8 @@ def test_ddp_two_cpu_processes_train_one_adapter_per_sweep_job(tiny_model, tiny_
         assert len(checks) == 3 and "persona/adherence" in checks[0]
         samples = [json.loads(line) for line in open(job / "samples.jsonl")]
         assert {s["epoch"] for s in samples} == {"baseline", 0, 1}
+        keys = [(x["epoch"], x["set"], x["prompt"]) for x in samples]
+        assert len(keys) == len(set(keys)), "a prompt was answered twice: more than one rank generated"
         assert s["trained_tokens"] > 0 and all(v > 0 for v in s["val_loss"].values())
         assert len(list(job.glob("wandb/offline-run-*/run-*.wandb"))) == 1  # rank 0's run only
 

@@ -39,6 +39,8 @@ def test_a_2x2_sweep_file_gives_four_folders_four_wandb_runs_in_one_group_and_a_
                 "eval/samples/_type"} <= history_keys(files[0])  # the samples table
         final = summary(files[0])  # summary.json's numbers are the run summary
         assert final["global_step"] == 1 and final["trained_tokens"] == written["trained_tokens"]
+        assert final["val_loss/val/loss_alex"] == written["val_loss"]["val/loss_alex"]  # nested: flattened
+        assert final["checks_last/persona/adherence"] == written["checks_last"]["persona/adherence"]
     assert len(groups) == 1 and groups.pop().startswith("alex_persona_cpu-")
     # the leaderboard, for people without W&B
     sweep = next(tmp_path.glob("sweeps/*/*"))

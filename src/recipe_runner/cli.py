@@ -122,16 +122,14 @@ def _hydra_main() -> None:
     job()
 
 
-DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
 def run_job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from .errors import RecipeError
+    from .launch import DIST_ENV, ddp_children_rerun_this_job, one_gpu_per_parallel_job, reset_distributed
     from .report import closing_lines
-    from .runner import run
+    from .runner import launch_rank, run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -165,62 +163,7 @@ def run_job(cfg) -> float | None:
             import wandb
 
             wandb.finish()  # in a sweep the next job must start its own W&B run
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()  # the next DDP job of a sweep starts its own group
-        for key, value in dist_env.items():  # Lightning's launcher leaves LOCAL_RANK=0, MASTER_PORT ... in
-            if value is None:               # os.environ; the next job would take them to mean "started by
-                os.environ.pop(key, None)   # torchrun" and wait forever for ranks nobody starts
-            else:
-                os.environ[key] = value
-    from .runner import launch_rank
-
+        reset_distributed(dist_env)  # the next DDP job of a sweep starts its own ranks
     if (run_dir / "summary.json").exists() and launch_rank() == 0:  # the headline comes last
         closing_lines(run_dir, summary)
     return summary.get("best_score")
-
-
-def one_gpu_per_parallel_job(cfg, hc):
-    """Under hydra/launcher=parallel on a multi-GPU machine: pin this job to a free GPU."""
-    if "JoblibLauncher" not in str(hc.launcher.get("_target_", "")) or cfg.train.accelerator == "cpu":
-        return None
-    import torch
-    from omegaconf import open_dict
-
-    from .devices import claim_gpu
-
-    count = torch.cuda.device_count()
-    if count < 2 or cfg.train.devices not in ("auto", 1):
-        return None
-    k, lock = claim_gpu(Path(hc.sweep.dir) / ".devices", count)
-    with open_dict(cfg):
-        cfg.train.devices = [k]
-    return lock
-
-
-def ddp_children_rerun_this_job(hc, run_dir: Path) -> None:
-    """Make Lightning's DDP launcher start this job's other ranks, not the whole sweep again.
-
-    Lightning starts ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir=<hydra.run.dir>`.
-    In a sweep sys.argv still holds `-m` and every swept value, and hydra.run.dir is not the job's
-    folder; so for the length of the job sys.argv becomes this job's own overrides and
-    hydra.run.dir its folder. Launchers that run jobs in worker processes (joblib, submitit local)
-    cannot re-run a command line at all: DDP jobs there are refused with a clear error.
-    """
-    from hydra.types import RunMode
-    from omegaconf import read_write
-
-    from .errors import RecipeError
-
-    if hc.mode != RunMode.MULTIRUN:
-        return
-    launcher = str(hc.launcher.get("_target_", ""))
-    if "BasicLauncher" not in launcher and "SlurmLauncher" not in launcher:
-        raise RecipeError(f"train.strategy=ddp: the {launcher.rsplit('.', 1)[-1]} runs jobs in worker processes, "
-                          "where Lightning cannot start the other ranks; sweep DDP jobs with the default launcher "
-                          "(one job after another, each on every device) or hydra/launcher=slurm")
-    flags = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and ("=" not in a or a.startswith("-"))]
-    sys.argv = [sys.argv[0], *flags, *hc.overrides.task]
-    with read_write(hc.run):
-        hc.run.dir = str(run_dir)

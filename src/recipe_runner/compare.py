@@ -48,6 +48,14 @@ def cell(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def sort_key(value: str):
+    """Numbers by value (2 < 10), then anything else as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
 def plots(rows: list[dict], jobs: list[Path], out: Path) -> list[Path]:
     import matplotlib
 
@@ -59,11 +67,13 @@ def plots(rows: list[dict], jobs: list[Path], out: Path) -> list[Path]:
     for key in sorted({k for r in ok for k in r if k.startswith("param:")}):
         name = key.removeprefix("param:")
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        values = sorted({r[key] for r in ok}, key=sort_key)  # each value once, in numeric order
         for ax, metric in zip(axes, ("val/loss", "persona")):
-            points = [(r[key], r[metric]) for r in ok if r.get(metric) is not None]
-            xs = [p[0] for p in points]
-            ax.scatter(range(len(xs)), [p[1] for p in points])
-            ax.set_xticks(range(len(xs)), xs)
+            points = [(values.index(r[key]), r[metric], r["job"]) for r in ok if r.get(metric) is not None]
+            ax.scatter([p[0] for p in points], [p[1] for p in points])
+            for x, y, job in points:  # jobs sharing this value differ in the other swept keys
+                ax.annotate(job, (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
+            ax.set_xticks(range(len(values)), values)
             ax.set(xlabel=name, title=metric)
         fig.tight_layout()
         path = out / f"compare_{name}.png"

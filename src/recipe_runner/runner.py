@@ -32,6 +32,18 @@ from .schema import Role, SystemPrompt
 from .templates import load_bible, render_persona
 
 
+def numbers(d: dict, prefix: str = "") -> dict:
+    """The numeric leaves of summary.json, nested keys joined with "/" (val_loss/val/loss_alex,
+    checks_best/persona/adherence): the W&B run summary, sortable in the runs table."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out |= numbers(value, f"{prefix}{key}/")
+        elif isinstance(value, (int, float)):  # bools too (stopped_early)
+            out[prefix + key] = value
+    return out
+
+
 def launch_rank() -> int:
     """This process's global rank, known before the Trainer exists (DDP children get LOCAL_RANK,
     SLURM tasks SLURM_PROCID): files shared by all ranks are written by rank 0 only."""
@@ -261,5 +273,5 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         append_training(run_dir, summary, evals.history, evals.baseline)
         for logger in loggers:
             if hasattr(logger, "experiment") and logger.__class__.__name__ == "WandbLogger":
-                logger.experiment.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+                logger.experiment.summary.update(numbers(summary))
     return summary
