@@ -6,8 +6,11 @@ from conftest import only_run_dir, run_cli
 
 
 def test_default_recipe_runs_on_embedded_smollm2(tmp_path):
+    # every check runs, on a smaller budget: on a float32-only CPU the recipe's own budget made
+    # evaluation 346 of this test's 407 s
     res = run_cli("train.max_steps=3", "train.batch_size=2", "train.grad_accum=1",
-                  "data.sources.alex.max_examples=10", "data.max_val_examples=4", f"paths.output_dir={tmp_path}")
+                  "data.sources.alex.max_examples=10", "data.max_val_examples=4",
+                  "eval.max_prompts=4", "eval.max_new_tokens=16", f"paths.output_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -19,3 +22,4 @@ def test_default_recipe_runs_on_embedded_smollm2(tmp_path):
     cfg = json.loads((run_dir / "adapters" / "last" / "adapter_config.json").read_text())
     assert cfg["r"] == 16 and cfg["peft_type"] == "LORA"
     assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert {"persona/adherence", "forget/ordinary_nll", "parrot/rate"} <= set(summary["checks_last"])
