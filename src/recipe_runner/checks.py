@@ -66,13 +66,8 @@ def _langid_languages() -> list[str]:
     return list(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)  # the languages its model knows
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def check(cfg: DictConfig) -> None:
+    from .qlora import uses_gpu  # torch: not at import, `run.py` scans recipes before it needs torch
     problems: list[str] = []
     p = problems.append
     sources = cfg.data.sources
@@ -146,7 +141,7 @@ def check(cfg: DictConfig) -> None:
         p(f"train.strategy={t.strategy!r}: choose one of {list(STRATEGIES)}" + (
           " (fsdp is not built yet: a small model's 4-bit base fits on any training GPU, so ddp gives the "
           "same speed-up; see README, Scale)" if t.strategy.startswith(("fsdp", "deepspeed")) else ""))
-    if t.precision == "16-mixed" and (t.accelerator == "cpu" or (t.accelerator == "auto" and not cuda_available())):
+    if t.precision == "16-mixed" and not uses_gpu(t.accelerator):
         p("train.precision='16-mixed': float16 autocast needs a GPU; on CPU use bf16-mixed or 32-true (or auto)")
     if t.num_nodes < 1:
         p(f"train.num_nodes={t.num_nodes}: must be >= 1")

@@ -127,9 +127,10 @@ def run_job(cfg) -> float | None:
     from hydra.types import RunMode
 
     from .errors import RecipeError
-    from .launch import DIST_ENV, ddp_children_rerun_this_job, one_gpu_per_parallel_job, reset_distributed
+    from .launch import (DIST_ENV, ddp_children_rerun_this_job, launch_rank, one_gpu_per_parallel_job,
+                         reset_distributed)
     from .report import closing_lines
-    from .runner import launch_rank, run
+    from .runner import run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)

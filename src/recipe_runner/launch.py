@@ -14,6 +14,19 @@ from pathlib import Path
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
+def launch_rank() -> int:
+    """This process's global rank, known before the Trainer exists (DDP children get LOCAL_RANK,
+    SLURM tasks SLURM_PROCID): files shared by all ranks are written by rank 0 only."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+def launcher_name(hc) -> str:
+    """The class Hydra launches jobs with: BasicLauncher, JoblibLauncher, LocalLauncher, SlurmLauncher."""
+    return str(hc.launcher.get("_target_", "")).rsplit(".", 1)[-1]
+
+
 def reset_distributed(saved: dict) -> None:
     """Destroy this job's process group and put back the env vars Lightning's launcher set.
 
@@ -33,7 +46,7 @@ def reset_distributed(saved: dict) -> None:
 
 def one_gpu_per_parallel_job(cfg, hc):
     """Under hydra/launcher=parallel on a multi-GPU machine: pin this job to a free GPU."""
-    if "JoblibLauncher" not in str(hc.launcher.get("_target_", "")) or cfg.train.accelerator == "cpu":
+    if launcher_name(hc) != "JoblibLauncher" or cfg.train.accelerator == "cpu":
         return None
     import torch
     from omegaconf import open_dict
@@ -65,9 +78,9 @@ def ddp_children_rerun_this_job(hc, run_dir: Path) -> None:
 
     if hc.mode != RunMode.MULTIRUN:
         return
-    launcher = str(hc.launcher.get("_target_", ""))
-    if "BasicLauncher" not in launcher and "SlurmLauncher" not in launcher:
-        raise RecipeError(f"train.strategy=ddp: the {launcher.rsplit('.', 1)[-1]} runs jobs in worker processes, "
+    launcher = launcher_name(hc)
+    if launcher not in ("BasicLauncher", "SlurmLauncher"):
+        raise RecipeError(f"train.strategy=ddp: the {launcher} runs jobs in worker processes, "
                           "where Lightning cannot start the other ranks; sweep DDP jobs with the default launcher "
                           "(one job after another, each on every device) or hydra/launcher=slurm")
     flags = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and ("=" not in a or a.startswith("-"))]

@@ -20,6 +20,7 @@ from .eval_callback import EvalChecks
 from .evaluation import Checker
 from .errors import RecipeError
 from .manifest import build_manifest, write_data_files
+from .launch import launch_rank
 from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
@@ -42,14 +43,6 @@ def numbers(d: dict, prefix: str = "") -> dict:
         elif isinstance(value, (int, float)):  # bools too (stopped_early)
             out[prefix + key] = value
     return out
-
-
-def launch_rank() -> int:
-    """This process's global rank, known before the Trainer exists (DDP children get LOCAL_RANK,
-    SLURM tasks SLURM_PROCID): files shared by all ranks are written by rank 0 only."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0))
 
 
 def find_checkpoint(resume: str | None, cfg: DictConfig, run_dir: Path) -> str | None:
@@ -175,7 +168,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
 
     data_parts = load_data(cfg)  # DDP ranks > 0 find rank 0's data in the cache
     manifest = build_manifest(cfg, data_parts.data, data_parts.model_path)
-    if launch_rank() == 0:
+    rank_zero = launch_rank() == 0  # files shared by all ranks are written once
+    if rank_zero:
         mix_table(data_parts.data, run_dir)
         write_data_files(run_dir, data_parts.data, manifest)
         write_report(data_parts.data, run_dir, cfg.name, manifest, cfg.data.max_length)
@@ -208,7 +202,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     ]
     loggers = make_loggers(cfg, run_dir, job)
     for logger in loggers:
-        if logger.__class__.__name__ == "WandbLogger" and launch_rank() == 0:
+        if logger.__class__.__name__ == "WandbLogger" and rank_zero:
             log_to_wandb(logger.experiment, data, run_dir)
     trainer = L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
@@ -230,8 +224,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
 
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     # every rank trains on its own rows: the run's throughput is the sum over ranks
-    tokens = int(trainer.strategy.reduce(torch.tensor(float(module.tokens_seen)), reduce_op="sum"))
-    supervised = int(trainer.strategy.reduce(torch.tensor(float(module.supervised_seen)), reduce_op="sum"))
+    counts = torch.tensor([float(module.tokens_seen), float(module.supervised_seen)])
+    tokens, supervised = (int(x) for x in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
     summary = {
         "stage": "train",
         "recipe": cfg.name,
