@@ -1,9 +1,10 @@
-"""From one process to many: DDP on CPU (gloo), submitit's local executor, parallel local jobs."""
+"""From one process to many: DDP and FSDP on CPU (gloo), submitit's local executor, parallel local jobs."""
 
 import json
 import threading
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_overrides
@@ -76,9 +77,50 @@ def test_ddp_under_a_worker_process_launcher_is_refused_per_job(tiny_model, tiny
     assert len(errors) >= 1 and "JoblibLauncher runs jobs in worker processes" in errors[0].read_text()
 
 
-def test_fsdp_is_refused_with_the_reason(tmp_path):
-    res = run_cli("train.strategy=fsdp", f"paths.output_dir={tmp_path}")
-    assert res.returncode == 2 and "train.strategy='fsdp'" in res.stderr and "ddp" in res.stderr
+def test_fsdp_shards_qlora_over_two_cpu_processes_and_trains_exactly_what_ddp_trains(tiny_model, tiny_data,
+                                                                                     tmp_path):
+    # one sweep, same data and seed: job 0 ddp (every rank holds the whole model), job 1 fsdp (each holds half)
+    args = tiny_overrides(tiny_model, tiny_data, tmp_path, *FAST, "train.max_epochs=2", "train.accelerator=cpu",
+                          "train.devices=2", "logger.wandb.enabled=false", "train.strategy=ddp,fsdp")
+    res = run_cli("-m", *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ddp, fsdp = sorted(p for p in tmp_path.glob("sweeps/*/*/*") if p.is_dir())
+    assert fsdp.name == "1_train.strategy=fsdp"
+    s_ddp, s = (json.loads((j / "summary.json").read_text()) for j in (ddp, fsdp))
+    assert s["strategy"] == "fsdp" and s["world_size"] == 2 and (fsdp / "train_ddp_process_1.log").exists()
+    # sharding changes where the weights live, not the arithmetic: same losses, same adapter
+    assert s["val_loss"] == pytest.approx(s_ddp["val_loss"], rel=1e-5)
+    assert s["trained_tokens"] == s_ddp["trained_tokens"] and s["global_step"] == s_ddp["global_step"]
+    a, b = (load_file(j / "adapters" / "last" / "adapter_model.safetensors") for j in (fsdp, ddp))
+    assert a.keys() == b.keys() and max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 0
+    for k in a:  # gathered to full shape from both ranks' halves
+        assert a[k].shape == b[k].shape and float((a[k] - b[k]).abs().max()) < 1e-5, k
+    assert sorted(p.name for p in (fsdp / "adapters").iterdir() if p.is_dir()) == ["best", "epoch_00", "epoch_01",
+                                                                                    "last"]
+    # every rank generated in lockstep, rank 0 wrote: one checks row per epoch, each prompt answered once
+    assert len((fsdp / "checks.csv").read_text().splitlines()) == 3
+    keys = [(x["epoch"], x["set"], x["prompt"]) for x in map(json.loads, open(fsdp / "samples.jsonl"))]
+    assert len(keys) == len(set(keys)) and {k[0] for k in keys} == {"baseline", 0, 1}
+    # the checkpoint holds the full adapter (not one rank's shard) and resumes under fsdp
+    ckpt = torch.load(fsdp / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    lora = {k: v for k, v in ckpt["state_dict"].items() if "lora_" in k}
+    assert len(lora) == len(a) == len(ckpt["state_dict"])
+    assert {tuple(v.shape) for v in lora.values()} == {tuple(v.shape) for v in a.values()}
+    more = tiny_overrides(tiny_model, tiny_data, tmp_path, *FAST, "train.max_epochs=3", "train.accelerator=cpu",
+                          "train.devices=2", "logger.wandb.enabled=false", "train.strategy=fsdp",
+                          f"train.resume='{fsdp}'")  # quoted: a sweep job's folder name holds '='
+    res = run_cli(*more)
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed = json.loads(next(tmp_path.glob("runs/*/*/summary.json")).read_text())
+    assert resumed["epochs_run"] == 3 and resumed["global_step"] == s["global_step"] * 3 // 2
+
+
+def test_fsdp_refuses_float16_and_deepspeed_is_not_offered(tmp_path):
+    res = run_cli("train.strategy=fsdp", "train.precision=16-mixed", "train.accelerator=gpu",
+                  f"paths.output_dir={tmp_path}")
+    assert res.returncode == 2 and "no float16" in res.stderr and "bf16-mixed" in res.stderr
+    res = run_cli("train.strategy=deepspeed", f"paths.output_dir={tmp_path}")
+    assert res.returncode == 2 and "train.strategy='deepspeed'" in res.stderr and "fsdp shards" in res.stderr
 
 
 def test_parallel_jobs_claim_distinct_gpus_until_they_end(tmp_path):

@@ -9,6 +9,8 @@ from typing import Callable
 
 import lightning as L
 
+from .sharding import save_adapter
+
 
 class AdapterPerEpoch(L.Callback):
     """adapters/epoch_NN/ after every validation; adapters/best/ + best.json track the selection.
@@ -31,11 +33,13 @@ class AdapterPerEpoch(L.Callback):
         return None if value is None else -float(value)
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
         epoch = trainer.current_epoch
         target = self.folder / f"epoch_{epoch:02d}"
-        pl_module.model.save_pretrained(target)
+        save_adapter(pl_module.model, target, trainer.is_global_zero)  # every rank: under fsdp a gathering
+        if not trainer.is_global_zero:
+            return
         score = self.epoch_score(trainer)
         if score is None:
             return

@@ -23,7 +23,7 @@ FORBIDDEN = {
     "_partial_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
     "trust_remote_code": "a shared recipe cannot make this process run code from a model repository",
 }
-STRATEGIES = ("auto", "ddp")  # README, Scale: what is tested where
+STRATEGIES = ("auto", "ddp", "fsdp")  # README, Scale: what is tested where
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
@@ -139,10 +139,13 @@ def check(cfg: DictConfig) -> None:
         p(f"train.lr={t.lr}: must be > 0")
     if t.strategy not in STRATEGIES:
         p(f"train.strategy={t.strategy!r}: choose one of {list(STRATEGIES)}" + (
-          " (fsdp is not built yet: a small model's 4-bit base fits on any training GPU, so ddp gives the "
-          "same speed-up; see README, Scale)" if t.strategy.startswith(("fsdp", "deepspeed")) else ""))
+          " (deepspeed is not built: fsdp shards the same weights, gradients and optimizer state)"
+          if t.strategy.startswith("deepspeed") else ""))
     if t.precision == "16-mixed" and not uses_gpu(t.accelerator):
         p("train.precision='16-mixed': float16 autocast needs a GPU; on CPU use bf16-mixed or 32-true (or auto)")
+    if t.strategy == "fsdp" and t.precision == "16-mixed":
+        p("train.precision='16-mixed' with train.strategy=fsdp: Lightning's FSDP2 strategy has no float16 "
+          "gradient scaler; use bf16-mixed (Ampere or newer) or 32-true")
     if t.num_nodes < 1:
         p(f"train.num_nodes={t.num_nodes}: must be >= 1")
     if sources and t.early_stopping.monitor not in metric_names(cfg):

@@ -142,8 +142,8 @@ def run_job(cfg) -> float | None:
         job = {"group": None, "name": f"{cfg.name}-{run_dir.name}"}
     gpu_lock = None
     try:
-        if cfg.train.strategy == "ddp":
-            ddp_children_rerun_this_job(hc, run_dir)
+        if cfg.train.strategy in ("ddp", "fsdp"):  # both start their other ranks by re-running the command
+            ddp_children_rerun_this_job(hc, run_dir, cfg.train.strategy)
         gpu_lock = one_gpu_per_parallel_job(cfg, hc)
         summary = run(cfg, run_dir, job)
     except RecipeError as exc:

@@ -10,7 +10,9 @@ exceeds `eval.max_general_drift_pct` is rejected and stops the run; so does a pa
 that rose `eval.parroting_patience` epochs in a row.
 
 Under DDP generation runs on rank 0 and its numbers are broadcast, so every rank takes the
-same stop and selection decisions; the held-out losses are summed over all ranks first.
+same stop and selection decisions; the held-out losses are summed over all ranks first. Under
+fsdp no rank holds the whole model, so every rank runs the same generations in lockstep (each
+layer's weights are gathered from all of them); rank 0's numbers are broadcast all the same.
 """
 
 from __future__ import annotations
@@ -56,14 +58,14 @@ class EvalChecks(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         started = time.perf_counter()
-        model = pl_module.model
-        if trainer.is_global_zero:  # under DDP the other ranks wait in the broadcast below
+        # under DDP the other ranks wait in the broadcast below; under fsdp every rank takes part
+        if trainer.is_global_zero or pl_module.sharded:
             with precision(trainer):
-                self.base_general_loss = self.general_loss(trainer, pl_module, adapter=False)
+                self.base_general_loss = pl_module.call(lambda _: self.general_loss(trainer, pl_module, adapter=False))
                 if self.cfg.checks:
-                    self.checker.base_reference(model)
-                    self.baseline, samples = self.checker.run(model, adapter=False)
-            if self.cfg.checks:
+                    pl_module.call(self.checker.base_reference)
+                    self.baseline, samples = pl_module.call(self.checker.run, adapter=False)
+            if self.cfg.checks and trainer.is_global_zero:
                 self.write_samples("baseline", samples)
         # every rank judges epochs (and so stops) alike
         self.baseline, self.base_general_loss = trainer.strategy.broadcast((self.baseline, self.base_general_loss))
@@ -105,9 +107,10 @@ class EvalChecks(L.Callback):
         if self.cfg.checks and ((epoch + 1) % self.cfg.every_n_epochs == 0 or last):
             started = time.perf_counter()
             metrics = {}
-            if trainer.is_global_zero:  # generation on rank 0 only, its numbers sent to the others
+            if trainer.is_global_zero or pl_module.sharded:  # rank 0 generates (fsdp: all in lockstep)
                 with precision(trainer):
-                    metrics, samples = self.checker.run(pl_module.model, adapter=True)
+                    metrics, samples = pl_module.call(self.checker.run, adapter=True)
+            if trainer.is_global_zero:  # its numbers are sent to the others
                 self.write_samples(epoch, samples)
                 self.log_samples_table(trainer, epoch, samples)
             row |= trainer.strategy.broadcast(metrics)

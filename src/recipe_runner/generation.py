@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from .sharding import is_sharded
 from .templates import strip
 
 
@@ -43,6 +44,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     A repetition penalty > 1 keeps a 135M model out of "I'm not sure. I'm not sure. ..." loops,
     which would otherwise dominate the sentence-count and marker checks; decoding stays greedy."""
     device = next(model.parameters()).device
+    sharded = is_sharded(model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     replies: list[str] = []
@@ -51,8 +53,11 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
             for i in range(0, len(conversations), batch_size):
                 texts = [render(tokenizer, c) for c in conversations[i : i + batch_size]]
                 enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                # synced: under fsdp a rank whose rows all ended keeps stepping until every rank's have,
+                # since each step gathers every layer's weights from all ranks
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                     eos_token_id=stop_ids(tokenizer), repetition_penalty=repetition_penalty)
+                                     eos_token_id=stop_ids(tokenizer), repetition_penalty=repetition_penalty,
+                                     synced_gpus=sharded)
                 new = out[:, enc["input_ids"].shape[1]:]
                 replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     finally:

@@ -62,8 +62,8 @@ def one_gpu_per_parallel_job(cfg, hc):
     return lock
 
 
-def ddp_children_rerun_this_job(hc, run_dir: Path) -> None:
-    """Make Lightning's DDP launcher start this job's other ranks, not the whole sweep again.
+def ddp_children_rerun_this_job(hc, run_dir: Path, strategy: str = "ddp") -> None:
+    """Make Lightning's DDP launcher (fsdp uses it too) start this job's other ranks, not the whole sweep again.
 
     Lightning starts ranks 1..N-1 by re-running `sys.argv` with `hydra.run.dir=<hydra.run.dir>`.
     In a sweep sys.argv still holds `-m` and every swept value, and hydra.run.dir is not the job's
@@ -80,8 +80,8 @@ def ddp_children_rerun_this_job(hc, run_dir: Path) -> None:
         return
     launcher = launcher_name(hc)
     if launcher not in ("BasicLauncher", "SlurmLauncher"):
-        raise RecipeError(f"train.strategy=ddp: the {launcher} runs jobs in worker processes, "
-                          "where Lightning cannot start the other ranks; sweep DDP jobs with the default launcher "
+        raise RecipeError(f"train.strategy={strategy}: the {launcher} runs jobs in worker processes, "
+                          f"where Lightning cannot start the other ranks; sweep {strategy} jobs with the default launcher "
                           "(one job after another, each on every device) or hydra/launcher=slurm")
     flags = [a for a in sys.argv[1:] if a not in ("-m", "--multirun") and ("=" not in a or a.startswith("-"))]
     sys.argv = [sys.argv[0], *flags, *hc.overrides.task]

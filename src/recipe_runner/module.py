@@ -130,9 +130,27 @@ class PersonaModule(L.LightningModule):
         self._batch_started = 0.0
         self._val = {}
         self._val_reduced = False
+        self._root = []  # under fsdp: [sharding.Root], kept out of the module tree (no second "model." in checkpoints)
+
+    def configure_model(self):
+        """train.strategy=fsdp: shard the model over the ranks (Lightning calls this after they start)."""
+        from .sharding import FSDPStrategy, shard
+
+        if isinstance(self.trainer.strategy, FSDPStrategy) and not self._root:
+            self._root.append(shard(self.model, self.device_mesh["data_parallel"]))
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self._root)
+
+    def call(self, fn, *args, **kwargs):
+        """fn(self.model, *args): through the root shard unit under fsdp, directly otherwise."""
+        if self._root:
+            return self._root[0](fn, *args, **kwargs)
+        return fn(self.model, *args, **kwargs)
 
     def training_step(self, batch, batch_idx):
-        parts = training_objective(self.model, batch, self.loss_kind, self.eaft_top_k, self.kl_weight)
+        parts = self.call(training_objective, batch, self.loss_kind, self.eaft_top_k, self.kl_weight)
         loss, n = parts["loss"], parts["n"]
         self.tokens_seen += batch["n_real"]
         self.supervised_seen += n
@@ -157,7 +175,7 @@ class PersonaModule(L.LightningModule):
         self._val_reduced = False
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        loss_sum, n = supervised_loss(self.model, batch)
+        loss_sum, n = self.call(supervised_loss, batch)
         acc = self._val[self.val_sources[dataloader_idx]]
         acc[0] += float(loss_sum)
         acc[1] += n

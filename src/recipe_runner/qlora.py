@@ -67,7 +67,8 @@ def keep_4bit_trainable(model) -> int:
     return touched
 
 
-def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None):
+def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None,
+                sharded: bool = False):
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -89,6 +90,9 @@ def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, 
             bnb_4bit_quant_type=quant.value,
             bnb_4bit_use_double_quant=mcfg.double_quant,
             bnb_4bit_compute_dtype=DTYPES[precision],
+            # fsdp shards the packed 4-bit bytes like any other weight: stored in the compute dtype, a
+            # layer's quantized and LoRA weights share one dtype (bitsandbytes' FSDP-QLoRA setting)
+            **({"bnb_4bit_quant_storage": DTYPES[precision]} if sharded else {}),
         )
         if device_map is not None:
             kwargs["device_map"] = device_map

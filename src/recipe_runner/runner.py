@@ -30,6 +30,7 @@ from .data_report import log_to_wandb, write_report
 from .report import mix_table, write_summary
 from .run_report import append_training
 from .schema import Role, SystemPrompt
+from .sharding import FSDPStrategy, save_adapter
 from .templates import load_bible, render_persona
 
 
@@ -88,7 +89,8 @@ def build_training(cfg: DictConfig, parts: DataParts) -> tuple:
     devices = cfg.train.devices  # [2, 3]: local rank 0 uses cuda:2
     index = devices[local_rank] if OmegaConf.is_list(devices) or isinstance(devices, list) else local_rank
     device_map = {"": int(index)} if on_gpu else None
-    model = build_model(cfg.model, cfg.lora, parts.model_path, parts.precision, device_map)
+    model = build_model(cfg.model, cfg.lora, parts.model_path, parts.precision, device_map,
+                        sharded=cfg.train.strategy == "fsdp")
     tok = parts.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     roles = {n: Role(s.role).value for n, s in cfg.data.sources.items()}
@@ -208,7 +210,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         default_root_dir=run_dir, max_epochs=cfg.train.max_epochs, max_steps=cfg.train.max_steps,
         accumulate_grad_batches=cfg.train.grad_accum, gradient_clip_val=cfg.train.grad_clip or None,
         precision=precision, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
-        num_nodes=cfg.train.num_nodes, strategy=cfg.train.strategy, logger=loggers, callbacks=callbacks,
+        num_nodes=cfg.train.num_nodes, strategy=FSDPStrategy() if cfg.train.strategy == "fsdp" else cfg.train.strategy,
+        logger=loggers, callbacks=callbacks,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.eval.val_every_n_epochs, limit_val_batches=cfg.eval.limit_val_batches,
         log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
@@ -219,8 +222,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     fit_seconds = time.time() - fit_started
     if "val/loss" not in trainer.callback_metrics:  # max_steps ended the run before any validation
         trainer.validate(module, datamodule=dm, verbose=False)
-    if trainer.is_global_zero:
-        module.model.save_pretrained(run_dir / "adapters" / "last")
+    save_adapter(module.model, run_dir / "adapters" / "last", trainer.is_global_zero)  # every rank: fsdp gathers
 
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     # every rank trains on its own rows: the run's throughput is the sum over ranks

@@ -179,7 +179,8 @@ class TrainConfig:
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: Any = "auto"  # Lightning devices per node: auto, 2, [0, 1]
     strategy: str = "auto"  # auto (one device) | ddp (one process per device, gloo on CPU, nccl on GPU)
-    num_nodes: int = 1  # machines in a DDP run (SLURM: set the launcher's nodes to match)
+    #                         | fsdp (ddp's processes, each holding 1/N of the weights: FSDP2)
+    num_nodes: int = 1  # machines in a ddp/fsdp run (SLURM: set the launcher's nodes to match)
     seed: int = 0  # seeds weights of the adapter, dropout and batch order
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint_every_n_steps: int = 0  # also save a resumable checkpoint every N steps (0 = epochs only)
