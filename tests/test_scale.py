@@ -91,6 +91,8 @@ def test_fsdp_shards_qlora_over_two_cpu_processes_and_trains_exactly_what_ddp_tr
     # sharding changes where the weights live, not the arithmetic: same losses, same adapter
     assert s["val_loss"] == pytest.approx(s_ddp["val_loss"], rel=1e-5)
     assert s["trained_tokens"] == s_ddp["trained_tokens"] and s["global_step"] == s_ddp["global_step"]
+    # ... and each rank holds half of the weights (4-bit layers, embedding, adapter) instead of all of them
+    assert s["weights_mb_per_rank"] == pytest.approx(s_ddp["weights_mb_per_rank"] / 2, rel=0.01)
     a, b = (load_file(j / "adapters" / "last" / "adapter_model.safetensors") for j in (fsdp, ddp))
     assert a.keys() == b.keys() and max(float(v.abs().max()) for k, v in a.items() if "lora_B" in k) > 0
     for k in a:  # gathered to full shape from both ranks' halves

@@ -140,6 +140,11 @@ class PersonaModule(L.LightningModule):
             self._root.append(shard(self.model, self.device_mesh["data_parallel"]))
 
     @property
+    def root(self):
+        """The root shard unit under fsdp (sharding.Root), else None."""
+        return self._root[0] if self._root else None
+
+    @property
     def sharded(self) -> bool:
         return bool(self._root)
 

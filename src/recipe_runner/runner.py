@@ -30,7 +30,7 @@ from .data_report import log_to_wandb, write_report
 from .report import mix_table, write_summary
 from .run_report import append_training
 from .schema import Role, SystemPrompt
-from .sharding import FSDPStrategy, save_adapter
+from .sharding import FSDPStrategy, local_weight_mb, save_adapter
 from .templates import load_bible, render_persona
 
 
@@ -257,6 +257,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "general_to_niche_ratio": data.ratio,
         "train_mix_sha256_per_epoch": {str(e): h for e, h in sorted(dm.epoch_hashes.items())},
         "precision": precision,
+        "weights_mb_per_rank": local_weight_mb(module.model, module.root),  # fsdp: this rank's shard
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "resumed_from": ckpt,
