@@ -64,7 +64,8 @@ class EvalChecks(L.Callback):
                 self.base_general_loss = pl_module.call(lambda _: self.general_loss(trainer, pl_module, adapter=False))
                 if self.cfg.checks:
                     pl_module.call(self.checker.base_reference)
-                    self.baseline, samples = pl_module.call(self.checker.run, adapter=False)
+                    self.baseline, samples = pl_module.call(self.checker.run, adapter=False,
+                                                            judge=trainer.is_global_zero)
             if self.cfg.checks and trainer.is_global_zero:
                 self.write_samples("baseline", samples)
         # every rank judges epochs (and so stops) alike
@@ -109,7 +110,7 @@ class EvalChecks(L.Callback):
             metrics = {}
             if trainer.is_global_zero or pl_module.sharded:  # rank 0 generates (fsdp: all in lockstep)
                 with precision(trainer):
-                    metrics, samples = pl_module.call(self.checker.run, adapter=True)
+                    metrics, samples = pl_module.call(self.checker.run, adapter=True, judge=trainer.is_global_zero)
             if trainer.is_global_zero:  # its numbers are sent to the others
                 self.write_samples(epoch, samples)
                 self.log_samples_table(trainer, epoch, samples)

@@ -132,8 +132,9 @@ class Checker:
 
     # ------------------------------------------------------------------ the checks
 
-    def run(self, model, adapter: bool = True) -> tuple[dict[str, float], list[dict]]:
-        """All checks on one model state: (metrics, samples). adapter=False is the baseline."""
+    def run(self, model, adapter: bool = True, judge: bool = True) -> tuple[dict[str, float], list[dict]]:
+        """All checks on one model state: (metrics, samples). adapter=False is the baseline.
+        judge=False skips the LLM judge (fsdp ranks other than 0: their numbers are not used)."""
         system = self.system if adapter else self.baseline_system
         metrics: dict[str, float] = {}
         samples: list[dict] = []
@@ -141,7 +142,7 @@ class Checker:
         if self.rubric and persona:
             metrics |= {f"persona/{k}": v for k, v in score_answers(persona, self.rubric).items()
                         if v is not None and k not in ("n", "language_n")}
-        if self.cfg.judge.enabled and persona:
+        if judge and self.cfg.judge.enabled and persona:
             judged = judge_scores(self.cfg.judge, self.bible, list(zip(self.sets.persona, persona)))
             ok = [x for x in judged if x is not None]
             metrics["persona/judge"] = float(np.mean(ok)) if ok else float("nan")
