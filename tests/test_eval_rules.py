@@ -1,8 +1,5 @@
 """The selection score, the stop rules and the LLM judge's HTTP path, on known inputs."""
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +8,8 @@ from omegaconf import OmegaConf
 from recipe_runner.eval_callback import EvalChecks
 from recipe_runner.judge import judge_scores
 from recipe_runner.schema import EvalConfig, JudgeConfig
+
+from judge_endpoint import judge_endpoint
 
 
 def callback(tmp_path, **kw) -> EvalChecks:
@@ -50,35 +49,13 @@ def test_rising_parroting_stops_after_patience_epochs(tmp_path):
     assert trainer.should_stop and "rose 2 epochs in a row (0.15 -> 0.30)" in cb.stop_reason
 
 
-class Grader(BaseHTTPRequestHandler):
-    seen: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Grader.seen.append((self.path, self.headers["Authorization"], body))
-        reply = "8" if "yo" in body["messages"][0]["content"] else "score: 2/10"
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_judge_posts_the_bible_rubric_to_an_openai_compatible_endpoint(monkeypatch):
-    server = HTTPServer(("127.0.0.1", 0), Grader)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    cfg = JudgeConfig(enabled=True, base_url=f"http://127.0.0.1:{server.server_port}/v1", model="m",
-                      api_key_env="JUDGE_KEY", max_answers=2)
-    try:
+    with judge_endpoint() as (url, seen):
+        cfg = JudgeConfig(enabled=True, base_url=url, model="m", api_key_env="JUDGE_KEY", max_answers=2)
         scores = judge_scores(cfg, {"name": "Alex"}, [("hi", "yo."), ("hi", "Hello! How can I help?"), ("x", "y")])
-    finally:
-        server.shutdown()
     assert scores == [8.0, 2.0]  # max_answers caps the calls
-    path, auth, body = Grader.seen[0]
+    path, auth, body = seen[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test" and body["model"] == "m"
     assert '"name": "Alex"' in body["messages"][0]["content"]
     dead = JudgeConfig(enabled=True, base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY")

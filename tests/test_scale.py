@@ -2,13 +2,13 @@
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_overrides
+from judge_endpoint import judge_endpoint
 
 FAST = ["eval.max_prompts=2", "eval.max_dialogues=0", "eval.max_new_tokens=4"]
 
@@ -78,38 +78,17 @@ def test_ddp_under_a_worker_process_launcher_is_refused_per_job(tiny_model, tiny
     assert len(errors) >= 1 and "JoblibLauncher runs jobs in worker processes" in errors[0].read_text()
 
 
-class CountingJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that scores every reply 5 and counts the calls."""
-    calls = 0
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        CountingJudge.calls += 1
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": "5"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_fsdp_shards_qlora_over_two_cpu_processes_and_trains_exactly_what_ddp_trains(tiny_model, tiny_data,
                                                                                      tmp_path):
     # one sweep, same data and seed: job 0 ddp (every rank holds the whole model), job 1 fsdp (each holds half)
-    judge = HTTPServer(("127.0.0.1", 0), CountingJudge)
-    threading.Thread(target=judge.serve_forever, daemon=True).start()
-    args = tiny_overrides(tiny_model, tiny_data, tmp_path, *FAST, "train.max_epochs=2", "train.accelerator=cpu",
-                          "train.devices=2", "logger.wandb.enabled=false", "train.strategy=ddp,fsdp",
-                          "eval.judge.enabled=true", f"eval.judge.base_url=http://127.0.0.1:{judge.server_port}/v1")
-    try:
+    with judge_endpoint() as (url, judged):
+        args = tiny_overrides(tiny_model, tiny_data, tmp_path, *FAST, "train.max_epochs=2", "train.accelerator=cpu",
+                              "train.devices=2", "logger.wandb.enabled=false", "train.strategy=ddp,fsdp",
+                              "eval.judge.enabled=true", f"eval.judge.base_url={url}")
         res = run_cli("-m", *args, env={"OPENAI_API_KEY": "sk-test"})
-    finally:
-        judge.shutdown()
     assert res.returncode == 0, res.stderr[-3000:]
     # every fsdp rank generates, only rank 0 asks the judge: (baseline + 2 epochs) x 2 persona prompts per job
-    assert CountingJudge.calls == 2 * 3 * 2
+    assert len(judged) == 2 * 3 * 2
     ddp, fsdp = sorted(p for p in tmp_path.glob("sweeps/*/*/*") if p.is_dir())
     assert fsdp.name == "1_train.strategy=fsdp"
     s_ddp, s = (json.loads((j / "summary.json").read_text()) for j in (ddp, fsdp))

@@ -146,12 +146,12 @@ class PersonaModule(L.LightningModule):
 
     @property
     def sharded(self) -> bool:
-        return bool(self._root)
+        return self.root is not None
 
     def call(self, fn, *args, **kwargs):
         """fn(self.model, *args): through the root shard unit under fsdp, directly otherwise."""
-        if self._root:
-            return self._root[0](fn, *args, **kwargs)
+        if self.sharded:
+            return self.root(fn, *args, **kwargs)
         return fn(self.model, *args, **kwargs)
 
     def training_step(self, batch, batch_idx):

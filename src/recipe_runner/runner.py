@@ -211,8 +211,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         accumulate_grad_batches=cfg.train.grad_accum, gradient_clip_val=cfg.train.grad_clip or None,
         precision=precision, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
         num_nodes=cfg.train.num_nodes, strategy=FSDPStrategy() if cfg.train.strategy == "fsdp" else cfg.train.strategy,
-        logger=loggers, callbacks=callbacks,
-        num_sanity_val_steps=0,
+        logger=loggers, callbacks=callbacks, num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.eval.val_every_n_epochs, limit_val_batches=cfg.eval.limit_val_batches,
         log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
         reload_dataloaders_every_n_epochs=1,  # each epoch: its own general draw and packing
