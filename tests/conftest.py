@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import build_tiny_model  # noqa: E402
 
 CACHE = os.environ.get("RECIPE_RUNNER_CACHE", os.path.expanduser("~/.cache/recipe-runner"))
+NO_USER_SETTINGS = tempfile.mkdtemp(prefix="recipe-runner-xdg-")  # the developer's own user.yaml stays out
 
 
 def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python run.py ARGS` from the repository root, as a user types it."""
-    full_env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", **(env or {})}
+    full_env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS,
+                **(env or {})}
     full_env.pop("WANDB_MODE", None)  # W&B must choose offline by itself
     return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

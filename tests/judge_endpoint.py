@@ -7,21 +7,37 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 
 @contextlib.contextmanager
-def judge_endpoint():
-    """Yields (base_url, seen): every request as (path, Authorization header, JSON body).
-    Replies "8" to a reply containing "yo", else "score: 2/10"."""
+def judge_endpoint(redirect_to: str | None = None, redirect_code: int = 302):
+    """Yields (base_url, seen): every request of any method as (path, Authorization header, JSON body or None).
+    Replies "8" to a reply containing "yo", else "score: 2/10"; with `redirect_to`, answers every POST
+    with a redirect to that URL instead."""
     seen: list = []
 
     class Grader(BaseHTTPRequestHandler):
         def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.loads(raw) if raw else None
             seen.append((self.path, self.headers["Authorization"], body))
+            if redirect_to:
+                self.send_response(redirect_code)
+                self.send_header("Location", redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             reply = "8" if "yo" in body["messages"][0]["content"] else "score: 2/10"
             payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
             self.wfile.write(payload)
+
+        def do_GET(self):  # anything else that arrives (a W&B client, say) is recorded too
+            seen.append((self.path, self.headers["Authorization"], None))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_PUT = do_DELETE = do_HEAD = do_GET
 
         def log_message(self, *args):
             pass

@@ -1,4 +1,4 @@
-"""Checks that run before anything heavy: recipe safety, then cross-field consistency.
+"""Checks that run before anything heavy: cross-field consistency (recipe safety: recipe_scan.py).
 
 Types and unknown keys are already enforced by the schema at composition. What is left are
 problems that involve several keys or the files a recipe points to; they are collected and
@@ -10,47 +10,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import RecipeError, RecipeErrors
+from .errors import RecipeErrors
 from .schema import Quant, Role
 from .readers import is_hub_name
 from .templates import NAMED_TEMPLATES
 
-FORBIDDEN = {
-    "_target_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
-    "_partial_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
-    "trust_remote_code": "a shared recipe cannot make this process run code from a model repository",
-}
 STRATEGIES = ("auto", "ddp", "fsdp")  # README, Scale: what is tested where
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-
-
-def scan_recipe_file(path: Path) -> None:
-    """Refuse a recipe that carries code, naming the file and line, before Hydra reads it."""
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    stack = [root] if root is not None else []
-    while stack:
-        node = stack.pop()
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value in FORBIDDEN:
-                    raise RecipeError(f"{path}:{key.start_mark.line + 1}: `{key.value}` is not allowed: "
-                                      f"{FORBIDDEN[key.value]}")
-                stack.append(value)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-
-
-def scan_overrides(overrides: list[str]) -> None:
-    for o in overrides:
-        for word in FORBIDDEN:
-            if word in o.split("=", 1)[0]:
-                raise RecipeError(f"override `{o}`: `{word}` is not allowed: {FORBIDDEN[word]}")
 
 
 def metric_names(cfg: DictConfig) -> set[str]:

@@ -1,8 +1,10 @@
 """The Hydra entry point behind `python run.py`.
 
-Before Hydra composes anything, the recipes named on the command line are scanned for code
-(`_target_`, `trust_remote_code`), and a recipe given by path is made visible to Hydra as an
-ordinary option of the `recipe` group. User mistakes print one `error:` message and exit 2.
+Before Hydra composes anything, the recipes and sweep files named on the command line (and the
+recipes they build on) are scanned: shared files are data (recipe_scan.py). The user's own
+settings file is added as overrides (user_settings.py), and a recipe given by path is made
+visible to Hydra as an ordinary option of the `recipe` group. User mistakes print one `error:`
+message and exit 2.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ def _recipe_files(argv: list[str]) -> tuple[list[str], list[Path]]:
                     link.symlink_to(path)
                 files.append(path)
                 names.append(option)
+            elif any(c in value for c in "()*["):  # choice(...), glob(...): any recipe may be picked
+                files += sorted(RECIPES.glob("*.yaml"))
+                names.append(value)
             else:
                 candidate = RECIPES / f"{value}.yaml"
-                if not candidate.exists() and not any(c in value for c in "()*["):
+                if not candidate.exists():
                     known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
                     raise_user(f"recipe={value}: no recipes/{value}.yaml; known recipes: {known}")
-                if candidate.exists():
-                    files.append(candidate)
+                files.append(candidate)
                 names.append(value)
         out.append("recipe=" + ",".join(names))
     if staged:  # a flag, not an override: argparse rejects positionals split around --cfg
@@ -83,22 +87,24 @@ def raise_user(message: str):
 
 
 def main() -> None:
-    from .checks import scan_overrides, scan_recipe_file
     from .errors import RecipeError
+    from .recipe_scan import scan_overrides, scan_shared_file
+    from .user_settings import file_overrides, settings_file
 
     try:
         argv, files = _recipe_files(sys.argv[1:])
         default = RECIPES / "alex_persona_cpu.yaml"
         for f in files or ([default] if default.exists() else []):
-            scan_recipe_file(f)
+            scan_shared_file(f, "recipe", RECIPES, CONF / "sweep")
         for arg in argv:  # sweep files are shared like recipes: data only
             if arg.startswith("sweep="):
                 sweep = CONF / "sweep" / f"{arg.split('=', 1)[1]}.yaml"
                 if not sweep.exists():
                     known = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
                     raise_user(f"{arg}: no conf/sweep/{sweep.name}; known sweeps: {known}")
-                scan_recipe_file(sweep)
+                scan_shared_file(sweep, "sweep", RECIPES, CONF / "sweep")
         scan_overrides([a for a in argv if "=" in a])
+        argv = _with_user_settings(argv, file_overrides(settings_file(), _override_keys(argv)))
     except RecipeError as exc:
         raise_user(str(exc))
     modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run")]
@@ -106,6 +112,16 @@ def main() -> None:
         raise_user(f"{' and '.join(modes)}: choose one (--cfg prints one job's config: drop -m to see it)")
     sys.argv = [sys.argv[0], *_name_jobs_by_swept_keys(argv)]
     _hydra_main()
+
+
+def _override_keys(argv: list[str]) -> set[str]:
+    return {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
+
+
+def _with_user_settings(argv: list[str], settings: list[str]) -> list[str]:
+    """The user's settings file goes in just before the first override, so the command line wins."""
+    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    return argv[:at] + settings + argv[at:]
 
 
 def _hydra_main() -> None:

@@ -1,16 +1,31 @@
 """Optional LLM judge: in-character score 0-10 from any OpenAI-compatible chat endpoint.
 
-The bible is the rubric. Off by default (eval.judge.enabled); the key is read from the
-environment variable the recipe names, never from the recipe. A failed call is reported as a
-missing score, not a crash: the judge is advice, the rule-based checks are the record.
+The bible is the rubric. Off by default; the whole eval.judge block is a user setting (the
+command line or the user's settings file, never a recipe: user_settings.py). The key is read
+from the environment variable the user names and sent only to the endpoint the user configured:
+a redirect is not followed (urllib would forward the Authorization header to any host it is
+sent to), and the key is never logged. A failed call is reported as a missing score, not a
+crash: the judge is advice, the rule-based checks are the record.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import urllib.error
 import urllib.request
+
+log = logging.getLogger(__name__)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError(3xx): the key stays with the configured endpoint
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 RUBRIC = (
     "You grade whether a reply is in character. Character bible (JSON):\n{bible}\n\n"
@@ -31,10 +46,16 @@ def judge_scores(jcfg, bible: dict, pairs: list[tuple[str, str]], timeout: float
         request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
             "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with _OPENER.open(request, timeout=timeout) as response:
                 text = json.loads(response.read())["choices"][0]["message"]["content"]
             number = re.search(r"\d+(?:\.\d+)?", text)
             scores.append(min(max(float(number.group()), 0.0), 10.0) if number else None)
-        except (OSError, ValueError, KeyError, IndexError):
+        except urllib.error.HTTPError as exc:
+            where = f" to {exc.headers.get('Location')} (not followed: the key goes only to {url})" \
+                if 300 <= exc.code < 400 else ""
+            log.warning("judge: %s answered %d%s; no score", url, exc.code, where)
+            scores.append(None)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            log.warning("judge: %s failed (%s); no score", url, type(exc).__name__)
             scores.append(None)
     return scores
