@@ -71,7 +71,7 @@ def _name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     """
     if not any(a in ("-m", "--multirun") for a in argv):
         return argv
-    overrides = [i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")]
+    overrides = [i for i, a in enumerate(argv) if _is_override(a)]
     fixed = [argv[i].split("=", 1)[0].lstrip("+~") for i in overrides
              if not any(m in argv[i].split("=", 1)[1] for m in SWEEP_MARKS)]
     if not overrides or not fixed:
@@ -114,13 +114,17 @@ def main() -> None:
     _hydra_main()
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
 def _override_keys(argv: list[str]) -> set[str]:
-    return {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a and not a.startswith("-")}
+    return {a.split("=", 1)[0].lstrip("+~") for a in argv if _is_override(a)}
 
 
 def _with_user_settings(argv: list[str], settings: list[str]) -> list[str]:
     """The user's settings file goes in just before the first override, so the command line wins."""
-    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    at = next((i for i, a in enumerate(argv) if _is_override(a)), len(argv))
     return argv[:at] + settings + argv[at:]
 
 

@@ -122,10 +122,12 @@ class SharedFileScan:
         if setting or holds_user_setting(swept):
             self.refuse(key, dotted, USER_RULE.format(why=USER_SETTINGS.get(setting, "it holds user settings")))
         if swept == "recipe" and isinstance(value, yaml.ScalarNode):
-            for name in re.findall(r"[\w.-]+", str(value.value)):  # a,b | choice(a,b) | glob(*): every option
-                for p in (self.recipes.glob("*.yaml") if "glob(" in str(value.value) else [self.recipes / f"{name}.yaml"]):
-                    if p.is_file():
-                        SharedFileScan(self.recipes, self.sweeps, self.seen).scan(p, "recipe")
+            text = str(value.value)  # a,b | choice(a,b) | glob(*): every recipe it may pick
+            options = self.recipes.glob("*.yaml") if "glob(" in text else \
+                (self.recipes / f"{name}.yaml" for name in re.findall(r"[\w.-]+", text))
+            for p in options:
+                if p.is_file():
+                    SharedFileScan(self.recipes, self.sweeps, self.seen).scan(p, "recipe")
 
     def check_resolvers(self, node: yaml.Node, dotted: str, text) -> None:
         for name in RESOLVER.findall(str(text)):
