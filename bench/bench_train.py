@@ -3,16 +3,26 @@
 Run from the repository root, with the project's venv active (nothing else may train meanwhile):
 
     python bench/bench_train.py --recipe alex_persona_cpu --steps 20 [--warmup 1]
-        [--only ours|trl|trl_packing[,...]] [--json out.json] [--trl-gc default|recipe] [KEY=VALUE ...]
+        [--only ours|trl|trl_packing|trl_fp32|trl_packing_fp32[,...]] [--json out.json]
+        [--trl-gc default|recipe] [KEY=VALUE ...]
 
 Trailing KEY=VALUE arguments are Hydra overrides applied to both sides (e.g. data.mix.general_ratio=3).
-Three runs, each in its own subprocess, one after another (never in parallel), so peak RSS
-(ru_maxrss: data prep + model load + training) is per run:
+Each run in its own subprocess, one after another (never in parallel), so peak RSS
+(ru_maxrss: data prep + model load + training) and peak CUDA memory (on a GPU) are per run.
+By default the first three:
 
-  ours         the runner's own path: prepare_data -> build_model -> MixDataModule -> PersonaModule ->
-               lightning.Trainer (packed rows, assistant-only loss, lm_head only on labelled positions)
-  trl          trl.SFTTrainer + SFTConfig at its defaults (packing=False: one example per batch row)
-  trl_packing  the same with packing=True (TRL's default "bfd" packing, which turns on padding-free)
+  ours              the runner's own path: prepare_data -> build_model -> MixDataModule -> PersonaModule ->
+                    lightning.Trainer (packed rows, assistant-only loss, lm_head only on labelled positions)
+  trl               trl.SFTTrainer + SFTConfig at its defaults (packing=False: one example per batch row)
+  trl_packing       the same with packing=True (TRL's default "bfd" packing, which turns on padding-free)
+  trl_fp32          trl with bf16=False, a float32 4-bit compute dtype, and TRL's cast of the LoRA weights
+                    to bf16 (done under QLoRA whatever bf16 says) undone: plain float32, no bf16 anywhere
+  trl_packing_fp32  trl_packing likewise
+
+Why the _fp32 variants: TRL's default bf16=True autocast is emulated, and slow, on a CPU without native
+bf16 (AVX512-BF16 / AMX), where our side resolves train.precision=auto to 32-true. On such a CPU compare
+ours with both: `--only ours,trl,trl_fp32` prints ours/trl (TRL as shipped) and ours/trl_fp32 (the
+same float32 arithmetic on both sides). On a GPU or a bf16 CPU the default variants are the fair ones.
 
 Matched between the sides: base weights (the folder resolve_model_path gives for the recipe's model,
 sdpa; TRL loads the frozen weights in float32, its default; ours stores them in the compute dtype), BitsAndBytesConfig (4-bit quant type, double quant and compute dtype built like
@@ -25,9 +35,10 @@ being appended to cannot give the three runs different data.
 Tokens per optimizer step: ours = batch_size packed rows of <= max_length tokens x grad_accum;
 trl_packing = the same batch_size and grad_accum (TRL packs rows of max_length too); trl (unpacked) =
 per-device batch of round(batch_size x examples per packed row) examples, same grad_accum.
-Left at TRL's defaults (reported in the notes): precision (bf16=True autocast), gradient
+Left at TRL's defaults (reported in the notes): precision (bf16=True autocast; the _fp32 runs: bf16=False), gradient
 checkpointing (True, unless --trl-gc recipe), loss on every token (assistant_only_loss=False),
-optimizer (adamw_torch_fused), LR schedule, shuffling, TRL's cast of LoRA weights to bf16 under QLoRA.
+optimizer (adamw_torch_fused), LR schedule, shuffling, TRL's cast of LoRA weights to bf16 under QLoRA
+(undone in the _fp32 runs).
 
 Timed window: from the first micro-batch of optimizer step `warmup` (0-based) to the end of the last
 optimizer step; tokens are counted over the same micro-batches: non-pad = attention-mask sum (TRL
@@ -51,7 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from machine import busy_cpu_seconds, cpu_seconds  # noqa: E402  (bench/ is the script folder)
-RUNS = ("ours", "trl", "trl_packing")
+RUNS = ("ours", "trl", "trl_packing", "trl_fp32", "trl_packing_fp32")
+DEFAULT_RUNS = ("ours", "trl", "trl_packing")
 
 
 def compose_cfg(recipe: str, overrides: list[str]):
@@ -180,7 +192,9 @@ def trl_dataset(cfg, tok, mix):
     return Dataset.from_dict({"messages": [by_ids[tuple(ids)] for ids in mix.train["input_ids"]]})
 
 
-def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: str) -> dict:
+def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: str, fp32: bool = False) -> dict:
+    """fp32: bf16=False, fp16=False and a float32 4-bit compute dtype instead of TRL's default bf16 autocast."""
+    import torch
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -203,11 +217,13 @@ def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: 
     if Quant(cfg.model.quant) is not Quant.none:  # as qlora.build_model builds it
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=Quant(cfg.model.quant).value,
                                    bnb_4bit_use_double_quant=cfg.model.double_quant,
-                                   bnb_4bit_compute_dtype=DTYPES[precision])
+                                   bnb_4bit_compute_dtype=torch.float32 if fp32 else DTYPES[precision])
     targets = list(cfg.lora.target_modules)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=targets[0] if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
     extra = {"gradient_checkpointing": cfg.model.gradient_checkpointing} if trl_gc == "recipe" else {}
+    if fp32:
+        extra.update(bf16=False, fp16=False)
     args = SFTConfig(
         output_dir=str(workdir), use_cpu=not on_gpu, max_steps=steps, per_device_train_batch_size=batch,
         gradient_accumulation_steps=cfg.train.grad_accum, learning_rate=cfg.train.lr,
@@ -233,6 +249,10 @@ def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: 
 
     trainer = CountingSFTTrainer(model=model_path, args=args, train_dataset=dataset, processing_class=tok,
                                  quantization_config=quant, peft_config=lora, callbacks=[Timer()])
+    if fp32:  # TRL casts the LoRA weights to bf16 under QLoRA whatever args.bf16 says: no bf16 left anywhere
+        for prm in trainer.model.parameters():
+            if prm.requires_grad:
+                prm.data = prm.data.float()
     ds = trainer.train_dataset
     data_tokens = sum(sum(x) for x in ds["seq_lengths"]) if "seq_lengths" in ds.column_names else \
         sum(len(x) for x in ds["input_ids"])
@@ -252,14 +272,19 @@ def worker(a, overrides: list[str]) -> None:
     if a.worker == "ours":
         res = run_ours(cfg, a.steps, a.warmup, workdir)
     else:
-        res = run_trl(cfg, a.steps, a.warmup, workdir, a.worker == "trl_packing", a.trl_gc)
+        res = run_trl(cfg, a.steps, a.warmup, workdir, a.worker.startswith("trl_packing"), a.trl_gc,
+                      fp32=a.worker.endswith("_fp32"))
+    import torch
+
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     Path(a.result).write_text(json.dumps(res))
 
 
 def print_table(results: dict) -> None:
+    cuda = any(r.get("peak_cuda_mb") for r in results.values())
     cols = ["runner", "precision", "steps", "non-pad tok", "label tok", "seconds", "non-pad tok/s",
-            "label tok/s", "tok/step", "peak RSS MB"]
+            "label tok/s", "tok/step", "peak RSS MB"] + (["peak CUDA MB"] if cuda else [])
     rows = [cols]
     for name, r in results.items():
         if "error" in r:
@@ -267,7 +292,8 @@ def print_table(results: dict) -> None:
             continue
         rows.append([name, r["precision"], str(r["timed_steps"]), f"{r['tokens']:,}", f"{r['supervised']:,}",
                      f"{r['seconds']:.1f}", f"{r['tok_s']:.1f}", f"{r['sup_tok_s']:.1f}",
-                     f"{r['tok_per_step']:,.0f}", f"{r['peak_rss_mb']:,.0f}"])
+                     f"{r['tok_per_step']:,.0f}", f"{r['peak_rss_mb']:,.0f}"]
+                    + ([f"{r['peak_cuda_mb'] or 0:,.0f}"] if cuda else []))
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     for i, row in enumerate(rows):
         print("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
@@ -281,11 +307,14 @@ def print_table(results: dict) -> None:
     if busy := [n for n, r in results.items() if r.get("other_cpu_cores", 0) > 0.1]:
         print(f"WARNING: other processes used the CPUs during {busy}: those numbers are skewed; rerun on an idle machine")
     ours = results.get("ours", {})
-    for other in ("trl", "trl_packing"):
+    for other in RUNS[1:]:
         o = results.get(other, {})
         if "tok_s" in ours and "tok_s" in o:
+            mem = f", peak CUDA x{ours['peak_cuda_mb'] / o['peak_cuda_mb']:.2f}" \
+                if ours.get("peak_cuda_mb") and o.get("peak_cuda_mb") else ""
             print(f"ours/{other}: non-pad tok/s x{ours['tok_s'] / o['tok_s']:.2f}, label tok/s "
-                  f"x{ours['sup_tok_s'] / o['sup_tok_s']:.2f}, peak RSS x{ours['peak_rss_mb'] / o['peak_rss_mb']:.2f}")
+                  f"x{ours['sup_tok_s'] / o['sup_tok_s']:.2f}, peak RSS x{ours['peak_rss_mb'] / o['peak_rss_mb']:.2f}"
+                  + mem)
 
 
 def main() -> None:
@@ -293,7 +322,8 @@ def main() -> None:
     p.add_argument("--recipe", default="alex_persona_cpu")
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run, warm-up included")
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps left out of the timing")
-    p.add_argument("--only", default=",".join(RUNS), help="comma-separated subset of " + ", ".join(RUNS))
+    p.add_argument("--only", default=",".join(DEFAULT_RUNS),
+                   help="comma-separated subset of " + ", ".join(RUNS) + " (default: " + ",".join(DEFAULT_RUNS) + ")")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--trl-gc", choices=("default", "recipe"), default="default",
                    help="TRL gradient checkpointing: its default (True) or the recipe's model.gradient_checkpointing")

@@ -1,5 +1,6 @@
 """Composition, the CLI and config errors: every one a real `python run.py` or Hydra compose."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,17 @@ def test_cross_field_errors_stop_the_cli_before_loading(tmp_path):
     assert "val/nothing" in res.stderr and "missing.jsonl" in res.stderr
     assert "Loading weights" not in res.stderr + res.stdout
     assert list(Path(tmp_path).rglob("error.txt")), "the error is kept in the run folder"
+
+
+def test_a_recipe_built_on_another_can_drop_an_inherited_source(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("# @package _global_\ndefaults:\n  - alex_persona_cpu\n  - _self_\nname: mine\n"
+                    "data:\n  sources:\n    alex: null\n    diarist:\n"
+                    "      path: data/eleanor/dialogues.sharegpt.jsonl\n      format: sharegpt\n"
+                    "      role: niche\n      system: persona\n")
+    res = run_cli(f"recipe={mine}", "stage=prepare", f"paths.output_dir={tmp_path / 'out'}",
+                  "logger.wandb.enabled=false", "eval.persona_prompts=null", "template.persona.bible=null",
+                  "data.sources.diarist.system=keep")
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
+    assert set(manifest["sources"]) == {"diarist", "general"}

@@ -162,6 +162,17 @@ def test_demo_data_passes_cleaning_untouched(embedded_path):
     assert all(sum(r.cleaned.values()) == 0 and r.contaminated == 0 for r in mix.rows), [r.cleaned for r in mix.rows]
 
 
+def test_second_persona_data_loads_from_sharegpt_and_alpaca_and_passes_cleaning(embedded_path):
+    from recipe_runner.prepare import prepare_data
+    from test_config import compose_recipe
+
+    mix = prepare_data(compose_recipe("eleanor_diarist", "data.mix.general_ratio=0"),
+                       AutoTokenizer.from_pretrained(embedded_path))
+    rows = {r.source: r for r in mix.rows}
+    assert rows["eleanor"].read == 110 and rows["eleanor"].val_examples == 22
+    assert all(r.bad_lines == 0 and r.contaminated == 0 for r in mix.rows), [r.cleaned for r in mix.rows]
+
+
 def test_placeholders_are_filled_from_the_recipe(tmp_path, tok):
     path = write_jsonl(tmp_path / "p.jsonl", [{"messages": [
         {"role": "user", "content": "who are you?"},

@@ -132,3 +132,16 @@ def test_no_overlap_with_training(ordinary, persona, dialogues, training_user_te
             for key, text in eval_texts(ordinary, persona, dialogues)
             for train in training_user_texts if overlaps(text, train)]
     assert not hits, "eval texts near-duplicate training user turns:\n" + "\n".join(hits)
+
+
+def test_the_second_persona_keeps_its_held_out_texts_out_of_training():
+    """eleanor_diarist: ShareGPT dialogues, Alpaca general data, its own prompts and conversations."""
+    root = REPO / "data/eleanor"
+    train = [t["value"] for d in read_jsonl(root / "dialogues.sharegpt.jsonl") for t in d["conversations"]
+             if t["from"] == "human"]
+    train += [r["instruction"] for r in read_jsonl(root / "general.alpaca.jsonl")]
+    prompts, dialogues = read_jsonl(root / "eval_prompts.jsonl"), read_jsonl(root / "eval_dialogues.jsonl")
+    assert len(prompts) == 40 and len(dialogues) == 6 and all(8 <= len(d["turns"]) <= 10 for d in dialogues)
+    held = [(r["id"], r["prompt"]) for r in prompts] + [(d["id"], t) for d in dialogues for t in d["turns"]]
+    hits = [f"{key}: {text!r} ~ {t!r}" for key, text in held for t in train if overlaps(text, t)]
+    assert not hits, "eval texts near-duplicate training user turns:\n" + "\n".join(hits)

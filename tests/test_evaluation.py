@@ -40,8 +40,21 @@ def test_every_check_is_logged_and_reported(tiny_model, tiny_data, tmp_path):
                     "![loss curves](loss_curves.png)", "Chosen checkpoint: epoch"):
         assert section in report, section
     assert (run_dir / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "vs prompt-only baseline" in res.stdout and f"(epoch {best['epoch']})" in res.stdout
+    assert f"persona        epoch {best['epoch']} " in res.stdout and "the prompt-only baseline: adherence" in res.stdout
     assert summary["checks_best"]["epoch"] == best["epoch"]
+    # every claim carries its interval: in checks.csv, summary.json, the closing lines and report.md
+    for key in ("persona/adherence_lo", "persona/adherence_hi", "persona/adherence_gain", "persona/adherence_gain_lo",
+                "persona/adherence_gain_hi", "persona/marker_rate_lo", "persona/marker_rate_gain_hi"):
+        assert all(r[key] != "" for r in rows), key
+        assert key in summary["checks_best"], key
+    assert "persona/adherence_lo" in summary["baseline"] and "persona/adherence_gain" not in summary["baseline"]
+    tuned = summary["checks_best"]
+    assert tuned["persona/adherence_lo"] <= tuned["persona/adherence"] <= tuned["persona/adherence_hi"]
+    assert "95 % intervals over prompts" in res.stdout and "forgetting     " in res.stdout
+    assert "eval/persona/adherence_gain_lo" in header
+    # three held-out prompts answered by both, side by side, in the closing lines and the report
+    assert res.stdout.count("held-out       ") == 3 and res.stdout.count("  baseline     ") == 3
+    assert "### Held-out persona prompts, side by side" in report and "(95 % bootstrap intervals over prompts)" in report
 
 
 def test_unchanged_weights_show_zero_drift(tiny_model, tiny_data, tmp_path):

@@ -41,6 +41,7 @@ def test_a_2x2_sweep_file_gives_four_folders_four_wandb_runs_in_one_group_and_a_
         assert final["global_step"] == 1 and final["trained_tokens"] == written["trained_tokens"]
         assert final["val_loss/val/loss_alex"] == written["val_loss"]["val/loss_alex"]  # nested: flattened
         assert final["checks_last/persona/adherence"] == written["checks_last"]["persona/adherence"]
+        assert final["checks_last/persona/adherence_gain_lo"] == written["checks_last"]["persona/adherence_gain_lo"]
     assert len(groups) == 1 and groups.pop().startswith("alex_persona_cpu-")
     # the leaderboard, for people without W&B
     sweep = next(tmp_path.glob("sweeps/*/*"))
@@ -53,6 +54,7 @@ def test_a_2x2_sweep_file_gives_four_folders_four_wandb_runs_in_one_group_and_a_
         ("0", "8", "4"), ("1", "8", "10"), ("2", "16", "4"), ("3", "16", "10")]
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed: data.mix: made up failure"]
     assert all(float(r["val/loss"]) > 0 for r in rows[:3])
+    assert all(float(r["gain lo"]) <= float(r["gain"]) <= float(r["gain hi"]) for r in rows[:3])  # with its interval
     assert (sweep / "compare_lora.r.png").exists() and (sweep / "compare_loss_curves.png").exists()
     assert "| job | data.mix.general_ratio | lora.r |" in (sweep / "compare.md").read_text()
 

@@ -82,11 +82,15 @@ def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data
     assert len(val) == 2
     for key in ("val/loss_alex", "val/loss_general", "val/loss_niche"):
         assert val[-1][key]
+    # the training loss per role, every step: is the niche fitted at all?
+    steps = [r for r in metrics if r.get("train/loss")]
+    assert all(r["train/loss_general"] for r in steps) and any(r["train/loss_niche"] for r in steps)
     assert (run_dir / "adapters" / "epoch_00").is_dir() and (run_dir / "adapters" / "epoch_01").is_dir()
     best = json.loads((run_dir / "adapters" / "best.json").read_text())
     assert best["epoch"] in (0, 1) and (run_dir / "adapters" / "best" / "adapter_model.safetensors").exists()
     # every epoch trains on its own general draw; epoch 0 is the mix the manifest hashes
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 < summary["supervised_niche_tokens"] < summary["supervised_tokens"]
     per_epoch = summary["train_mix_sha256_per_epoch"]
     assert set(per_epoch) == {"0", "1"} and per_epoch["0"] != per_epoch["1"]
     assert per_epoch["0"] == json.loads((run_dir / "manifest.json").read_text())["train_mix_sha256"]

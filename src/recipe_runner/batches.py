@@ -95,7 +95,7 @@ class Collator:
             if general is not None:
                 general[k, :L_] = torch.tensor(x["general"], dtype=torch.bool)
         batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "n_real": int(mask.sum())}
-        if general is not None:  # per token: belongs to a general-role source (KL-to-base)
+        if general is not None:  # per token: belongs to a general-role source (per-role loss, KL-to-base)
             batch["general"] = general
         if not self.packing:
             batch["attention_mask"] = mask
@@ -111,7 +111,7 @@ class MixDataModule(L.LightningDataModule):
     def __init__(self, mix, pad_id: int, max_length: int, packing: bool, batch_size: int, seed: int,
                  num_workers: int = 0, general_sources: frozenset[str] | set[str] = frozenset()):
         super().__init__()
-        self.general_sources = frozenset(general_sources)  # training rows mark their tokens (KL-to-base)
+        self.general_sources = frozenset(general_sources)  # rows mark their tokens: per-role loss, KL-to-base
         self.mix, self.val = mix, mix.val
         self.collate = Collator(pad_id, packing)
         self.max_length, self.packing, self.batch_size = max_length, packing, batch_size

@@ -20,8 +20,8 @@ class AdapterPerEpoch(L.Callback):
     better: eval/combined). Each folder loads with `PeftModel.from_pretrained(base, folder)`.
     """
 
-    def __init__(self, folder: Path, monitor: str, score: Callable | None = None):
-        self.folder, self.monitor, self.score = Path(folder), monitor, score
+    def __init__(self, folder: Path, monitor: str, score: Callable | None = None, beats: Callable | None = None):
+        self.folder, self.monitor, self.score, self.beats = Path(folder), monitor, score, beats
         self.best_score: float | None = None
         self.best_epoch: int | None = None
 
@@ -43,7 +43,11 @@ class AdapterPerEpoch(L.Callback):
         score = self.epoch_score(trainer)
         if score is None:
             return
-        if self.best_score is None or score > self.best_score:
+        if self.best_score is None:
+            better = True
+        else:
+            better = self.beats(epoch, self.best_epoch) if self.beats else score > self.best_score
+        if better:
             self.best_score, self.best_epoch = score, epoch
             best = self.folder / "best"
             shutil.rmtree(best, ignore_errors=True)

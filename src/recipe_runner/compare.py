@@ -18,7 +18,8 @@ from .errors import RecipeError
 from .report import console
 
 COLUMNS = ["job", "status", "best epoch", "val/loss", "val/loss_niche", "val/loss_general", "persona",
-           "baseline", "general drift %", "ordinary nll Δ", "parroting", "copies", "tok/s"]
+           "baseline", "gain", "gain lo", "gain hi", "markers", "general drift %", "ordinary nll Δ", "parroting",
+           "copies", "tok/s"]  # gain lo/hi: 95 % bootstrap interval of the adherence gain over prompts
 
 
 def swept(job: Path) -> dict[str, str]:
@@ -37,6 +38,8 @@ def job_row(job: Path) -> dict:
     return {**row, "status": "ok", "best epoch": s.get("best_epoch"), "val/loss": val.get("val/loss"),
             "val/loss_niche": val.get("val/loss_niche"), "val/loss_general": val.get("val/loss_general"),
             "persona": best.get("persona/adherence"), "baseline": base.get("persona/adherence"),
+            "gain": best.get("persona/adherence_gain"), "gain lo": best.get("persona/adherence_gain_lo"),
+            "gain hi": best.get("persona/adherence_gain_hi"), "markers": best.get("persona/marker_rate"),
             "general drift %": best.get("general_drift_pct"), "ordinary nll Δ": best.get("forget/ordinary_nll_delta"),
             "parroting": best.get("parrot/rate"), "copies": best.get("parrot/copy_rate"),
             "tok/s": round(s["tokens_per_second"]) if s.get("tokens_per_second") else None}

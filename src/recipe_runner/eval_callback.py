@@ -5,7 +5,8 @@ prompt) and the base model's loss on the held-out general sets. After each valid
 logs `eval/general_drift` (nats and %), and every `eval.every_n_epochs` runs the generation
 checks (evaluation.Checker) and logs them as `eval/<check>`, with `baseline/<check>` beside
 them. `eval/combined` = persona_weight x adherence gain over the baseline - forgetting_weight
-x max(general drift as a fraction, 0) ranks the epochs for adapters/best. An epoch whose drift
+x max(general drift as a fraction, 0) ranks the epochs for adapters/best; a later epoch replaces
+the best only when it is better by more than the persona noise (`beats`). An epoch whose drift
 exceeds `eval.max_general_drift_pct` is rejected and stops the run; so does a parroting rate
 that rose `eval.parroting_patience` epochs in a row.
 
@@ -28,7 +29,9 @@ import torch
 
 from .evaluation import Checker
 from .generation import evaluating
+from .intervals import paired_gain
 from .module import supervised_loss
+from .report import console
 
 
 @contextlib.contextmanager
@@ -51,13 +54,24 @@ class EvalChecks(L.Callback):
         self.base_general_loss: float | None = None
         self.history: list[dict] = []  # one row per validated epoch
         self.scores: dict[int, float | None] = {}  # epoch -> combined score (None = not eligible)
+        self.items: dict[int, list] = {}  # epoch -> per-prompt persona adherence (rank 0)
         self.seconds = 0.0  # spent in evaluation (baseline + checks), for the cost report
         self.stop_reason: str | None = None
 
     # ------------------------------------------------------------------ before training
 
+    def announce(self, trainer, what: str, started: float | None = None) -> None:
+        """One plain line per evaluation phase: minutes of generation are not silent in a log file."""
+        if trainer.is_global_zero and self.cfg.checks:
+            sets = self.checker.sets
+            took = ", ".join(f"{k} {v:.0f} s" for k, v in self.checker.seconds.items())
+            console.print(f"evaluation     {what}: {len(sets.persona)} persona prompts, {len(sets.dialogues)} "
+                          f"conversations, {len(sets.ordinary)} ordinary prompts" +
+                          (f" ... {time.perf_counter() - started:.0f} s ({took})" if started else " ..."), markup=False)
+
     def on_fit_start(self, trainer, pl_module):
         started = time.perf_counter()
+        self.announce(trainer, "prompt-only baseline")
         # under DDP the other ranks wait in the broadcast below; under fsdp every rank takes part
         if trainer.is_global_zero or pl_module.sharded:
             with precision(trainer):
@@ -71,6 +85,7 @@ class EvalChecks(L.Callback):
         # every rank judges epochs (and so stops) alike
         self.baseline, self.base_general_loss = trainer.strategy.broadcast((self.baseline, self.base_general_loss))
         self.seconds += time.perf_counter() - started
+        self.announce(trainer, "prompt-only baseline", started)
         metrics = {f"baseline/{k}": v for k, v in self.baseline.items()}
         if self.base_general_loss is not None:
             metrics["baseline/general_loss"] = self.base_general_loss
@@ -107,15 +122,18 @@ class EvalChecks(L.Callback):
         last = epoch + 1 >= (trainer.max_epochs or 0)
         if self.cfg.checks and ((epoch + 1) % self.cfg.every_n_epochs == 0 or last):
             started = time.perf_counter()
+            self.announce(trainer, f"epoch {epoch}")
             metrics = {}
             if trainer.is_global_zero or pl_module.sharded:  # rank 0 generates (fsdp: all in lockstep)
                 with precision(trainer):
                     metrics, samples = pl_module.call(self.checker.run, adapter=True, judge=trainer.is_global_zero)
             if trainer.is_global_zero:  # its numbers are sent to the others
+                self.items[epoch] = self.checker.items.get("adherence", [])  # for beats(): rank 0 selects
                 self.write_samples(epoch, samples)
                 self.log_samples_table(trainer, epoch, samples)
             row |= trainer.strategy.broadcast(metrics)
             self.seconds += time.perf_counter() - started
+            self.announce(trainer, f"epoch {epoch}", started)
         self.judge_epoch(trainer, row)
         for key, value in row.items():
             if key != "epoch" and value is not None:
@@ -147,6 +165,27 @@ class EvalChecks(L.Callback):
         if patience and len(rates) > patience and all(b > a for a, b in zip(rates[-patience - 1:], rates[-patience:])):
             self.stop(trainer, f"parroting rate rose {patience} epochs in a row ({rates[-patience - 1]:.2f} -> "
                                f"{rates[-1]:.2f})")
+
+    def beats(self, epoch: int, best: int | None) -> bool:
+        """Does `epoch` replace the current best? Its combined score must be higher, and by more than
+        the persona noise (persona_weight x half the width of the paired 95 % interval of the
+        adherence change between the two epochs, same prompts: on 12 prompts one answer gaining a
+        marker moves adherence by 0.02, well inside it), unless it clearly beats the prompt-only
+        baseline (gain interval above 0) where the best so far does not."""
+        new, old = self.scores.get(epoch), self.scores.get(best)
+        if new is None:
+            return False
+        if old is None:
+            return True
+        if new <= old:
+            return False
+        change = paired_gain(self.items.get(epoch, []), self.items.get(best, []))
+        noise = self.cfg.select.persona_weight * (change[2] - change[1]) / 2 if change else 0.0
+        return new - old > noise or (self.clearly_beats_baseline(epoch) and not self.clearly_beats_baseline(best))
+
+    def clearly_beats_baseline(self, epoch: int) -> bool:
+        row = next((r for r in self.history if r["epoch"] == epoch), {})
+        return row.get("persona/adherence_gain_lo", 0.0) > 0
 
     def stop(self, trainer, reason: str) -> None:
         trainer.should_stop = True

@@ -16,6 +16,7 @@ the prompt-only baseline: the fine-tune must beat it to be worth its forgetting 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 
 from .errors import RecipeError
 from .generation import answer_nll, generate
+from .intervals import interval, paired_gain
 from .judge import judge_scores
 from .parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases
 from .persona_score import PersonaRubric, score_answer, score_answers, turn_slope
@@ -102,6 +104,9 @@ class Checker:
                                   min_count=ecfg.parrot_min_count, top_k=ecfg.parrot_top_k)
         self.copies = CopyIndex(train_answers, words=ecfg.copy_span_words)
         self.reference: Reference | None = None
+        self.items: dict[str, list] = {}  # per-prompt persona scores of the last run
+        self.seconds: dict[str, float] = {}  # where the last run's time went (announced per phase)
+        self.base_items: dict[str, list] = {}  # ... of the baseline
 
     # ------------------------------------------------------------------ building blocks
 
@@ -130,6 +135,25 @@ class Checker:
         self.reference = Reference(answers, float(np.mean(nll)) if nll else float("nan"))
         return self.reference
 
+    def intervals(self, answers: list[str], baseline: bool) -> dict[str, float]:
+        """95 % bootstrap intervals over prompts for adherence and marker rate, and (tuned) the paired
+        gain over the baseline's answers to the same prompts. Keeps the per-prompt scores in
+        `self.items` (the baseline's in `self.base_items`) for epoch-to-epoch comparisons."""
+        scored = [score_answer(a, self.rubric) for a in answers]
+        self.items = {"adherence": [x.adherence for x in scored],
+                      "marker_rate": [None if x.markers is None else float(bool(x.markers)) for x in scored]}
+        if baseline:
+            self.base_items = self.items
+        out = {}
+        for key, values in self.items.items():
+            ci = interval(values)
+            if ci is not None:
+                out[f"persona/{key}_lo"], out[f"persona/{key}_hi"] = ci[1], ci[2]
+            gain = None if baseline or not self.base_items else paired_gain(values, self.base_items[key])
+            if gain is not None:
+                out[f"persona/{key}_gain"], out[f"persona/{key}_gain_lo"], out[f"persona/{key}_gain_hi"] = gain
+        return out
+
     # ------------------------------------------------------------------ the checks
 
     def run(self, model, adapter: bool = True, judge: bool = True) -> tuple[dict[str, float], list[dict]]:
@@ -138,10 +162,12 @@ class Checker:
         system = self.system if adapter else self.baseline_system
         metrics: dict[str, float] = {}
         samples: list[dict] = []
+        clock = time.perf_counter()
         persona = self.gen(model, [user(p, system) for p in self.sets.persona], adapter) if self.sets.persona else []
         if self.rubric and persona:
             metrics |= {f"persona/{k}": v for k, v in score_answers(persona, self.rubric).items()
                         if v is not None and k not in ("n", "language_n")}
+            metrics |= self.intervals(persona, baseline=not adapter)
         if judge and self.cfg.judge.enabled and persona:
             judged = judge_scores(self.cfg.judge, self.bible, list(zip(self.sets.persona, persona)))
             ok = [x for x in judged if x is not None]
@@ -149,7 +175,10 @@ class Checker:
             metrics["persona/judge_failed"] = float(len(judged) - len(ok))
         samples += [{"set": "persona", "prompt": p, "answer": a} for p, a in
                     zip(self.sets.persona[: self.cfg.samples], persona)]
+        self.seconds = {"persona": time.perf_counter() - clock}
+        clock = time.perf_counter()
         dialogue = self.conversations(model, system, adapter) if self.sets.dialogues else []
+        self.seconds["conversations"] = time.perf_counter() - clock
         if self.rubric and dialogue:
             per_turn = [[score_answer(a, self.rubric).adherence for a in replies] for replies in dialogue]
             slope = turn_slope(per_turn)
@@ -160,6 +189,7 @@ class Checker:
             metrics["parrot/rate"] = parrot["parrot_rate"]
             metrics["parrot/ngrams_per_answer"] = parrot["mean_ngrams"]
             metrics["parrot/copy_rate"] = self.copies.copy_rate(said)
+        clock = time.perf_counter()
         if self.sets.ordinary and self.reference is not None:
             convos = [user(p, None) for p in self.sets.ordinary]
             nll = float(np.mean(answer_nll(model, self.tok, convos, self.reference.ordinary_answers,
@@ -170,4 +200,5 @@ class Checker:
             answers = self.gen(model, [user(p, None) for p in shown], adapter)
             samples += [{"set": "ordinary", "prompt": p, "answer": a, "base_answer": b}
                         for p, a, b in zip(shown, answers, self.reference.ordinary_answers)]
+        self.seconds["ordinary"] = time.perf_counter() - clock
         return metrics, samples

@@ -75,7 +75,8 @@ def training_objective(model, batch: dict, loss: Loss | str = Loss.ce, eaft_top_
 
     Returns {"loss": scalar to backpropagate, "n": supervised tokens, "ce": mean plain CE (detached),
     "eaft_weight_mean": mean EAFT weight (eaft only), "kl": mean KL over general tokens (when
-    kl_weight > 0 and the batch has general tokens), "n_general": their count}.
+    kl_weight > 0 and the batch has general tokens), "n_general": their count, "role_ce": {role:
+    (summed CE, supervised tokens)} when the batch marks general tokens}.
     """
     hidden, targets = next_token_hidden(model, batch)
     keep = targets != IGNORE
@@ -91,6 +92,10 @@ def training_objective(model, batch: dict, loss: Loss | str = Loss.ce, eaft_top_
     logits = [head(hidden[m]).float() for m in pieces]
     ce = torch.cat([token_ce(lg, targets[m]) for lg, m in zip(logits, pieces)])
     out = {"n": n, "ce": ce.detach().sum() / max(n, 1), "n_general": n_general}
+    if "general" in batch:  # per-role sums, for train/loss_niche and train/loss_general
+        role = torch.cat([batch["general"][:, 1:][m] for m in pieces])
+        out["role_ce"] = {"general": (ce.detach()[role].sum(), int(role.sum())),
+                          "niche": (ce.detach()[~role].sum(), int((~role).sum()))}
     if Loss(loss) is Loss.eaft:
         w = torch.cat([eaft_weights(lg, eaft_top_k) for lg in logits])
         # The paper's normalisation: sum(w * ce) / number of supervised tokens, not / sum(w). Low-entropy
@@ -126,6 +131,7 @@ class PersonaModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trainable (adapter) weights
         self.tokens_seen = 0  # non-pad tokens trained on
         self.supervised_seen = 0  # tokens that carried loss
+        self.role_seen: dict[str, int] = {}  # supervised tokens per role (niche, general)
         self.train_seconds = 0.0  # inside training batches (forward, backward, optimizer), no validation
         self._batch_started = 0.0
         self._val = {}
@@ -160,6 +166,11 @@ class PersonaModule(L.LightningModule):
         self.tokens_seen += batch["n_real"]
         self.supervised_seen += n
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        for role, (total, count) in (parts.get("role_ce") or {"niche": (parts["ce"] * n, n)}).items():
+            # is the niche fitted at all? With 1:10 in tokens a micro-batch may carry a few niche tokens, or none
+            self.role_seen[role] = self.role_seen.get(role, 0) + count
+            if count:
+                self.log(f"train/loss_{role}", total / count, batch_size=count)
         if self.loss_kind is not Loss.ce or self.kl_weight > 0:  # train/loss is no longer plain CE
             self.log("train/ce", parts["ce"], batch_size=n)
         if "eaft_weight_mean" in parts:
@@ -234,9 +245,11 @@ class PersonaModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["supervised_seen"] = self.supervised_seen
+        checkpoint["role_seen"] = self.role_seen
         checkpoint["train_seconds"] = self.train_seconds
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.supervised_seen = checkpoint.get("supervised_seen", 0)
+        self.role_seen = checkpoint.get("role_seen", {})
         self.train_seconds = checkpoint.get("train_seconds", 0.0)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .cleaning import FILTER_NAMES
 from .mixing import Mix
+from .run_report import cell, ci_text, forgetting, persona_claim, side_by_side
 
 console = Console(soft_wrap=True)  # long run paths stay on one line, copy-pasteable
 if not console.is_terminal:  # logs and CI: rich assumes 80 columns and squeezes the tables to "gener…"
@@ -101,10 +102,20 @@ def closing_lines(run_dir: Path, s: dict) -> None:
                   (f", {s['peak_cuda_mb']:.0f} MB CUDA" if s.get("peak_cuda_mb") else ""))
     last, base = s.get("checks_best") or s.get("checks_last") or {}, s.get("baseline") or {}
     if "persona/adherence" in last and "persona/adherence" in base:
-        console.print(f"persona        adherence {last['persona/adherence']:.3f} vs prompt-only baseline "
-                      f"{base['persona/adherence']:.3f} (epoch {last['epoch']})")
-    if last.get("general_drift_pct") is not None:
-        console.print(f"forgetting     general loss {last['general_drift_pct']:+.1f} % vs the base model")
+        console.print(f"persona        epoch {last['epoch']} {persona_claim(last)} the prompt-only baseline: adherence "
+                      f"{ci_text(last, 'persona/adherence')} vs {ci_text(base, 'persona/adherence')}, gain "
+                      f"{ci_text(last, 'persona/adherence_gain', True)} (95 % intervals over prompts)", markup=False)
+    if "persona/marker_rate" in last and "persona/marker_rate" in base:
+        console.print(f"markers        {ci_text(last, 'persona/marker_rate')} of answers vs "
+                      f"{ci_text(base, 'persona/marker_rate')}", markup=False)
+    signals, moved = forgetting(base, last)
+    if signals:
+        console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'} ({'; '.join(signals)})",
+                      markup=False)
+    for prompt, before, after in side_by_side(run_dir, last.get("epoch")):  # hear the difference
+        console.print(f"held-out       {cell(prompt)}", markup=False)
+        console.print(f"  baseline     {cell(before)}", markup=False)
+        console.print(f"  tuned        {cell(after)}", markup=False)
     if s.get("eval_seconds"):
         console.print(f"evaluation     {s['eval_seconds']:.0f} s ({100 * s['eval_fraction']:.0f} % of the run)")
     console.print(f"wall time      {s['wall_seconds']:.0f} s; summary: {run_dir / 'summary.json'}; "

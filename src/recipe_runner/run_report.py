@@ -57,24 +57,77 @@ def fmt(v) -> str:
     return "" if v is None or v == "" else f"{float(v):.3f}"
 
 
-def verdict(baseline: dict, tuned: dict, drift_pct: float | None) -> list[str]:
-    won, lost = [], []
-    for key, (label, higher) in HEADLINE.items():
-        if key in baseline and key in tuned:
-            better = tuned[key] > baseline[key] if higher else tuned[key] < baseline[key]
-            if tuned[key] != baseline[key]:
-                (won if better else lost).append(label)
-    cost = f"general held-out loss {drift_pct:+.1f} % vs the base model" if drift_pct is not None else "unmeasured"
-    measured = [k for k in HEADLINE if k in baseline and k in tuned]
-    if not measured:
+# Forgetting is "small" while every signal the run measured stays inside these limits.
+NLL_LIMIT = 0.05  # nats/token: how much less likely the base model's own everyday answers became
+DRIFT_LIMIT_PCT = 5.0  # % rise of the held-out general loss over the base model's
+
+
+def ci_text(row: dict, key: str, signed: bool = False) -> str:
+    """`0.900 [0.850, 0.960]` from key, key_lo, key_hi (the 95 % bootstrap interval over prompts)."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    if row.get(key) is None:
+        return "n/a"
+    text = f.format(row[key])
+    return text + (f" [{f.format(row[key + '_lo'])}, {f.format(row[key + '_hi'])}]" if key + "_lo" in row else "")
+
+
+def persona_claim(tuned: dict) -> str:
+    """beats / is indistinguishable from / is worse than the baseline, by the gain's interval."""
+    lo, hi = tuned.get("persona/adherence_gain_lo"), tuned.get("persona/adherence_gain_hi")
+    if lo is None:
+        return "was not compared with"
+    return "beats" if lo > 0 else "is worse than" if hi < 0 else "is indistinguishable from"
+
+
+def forgetting(baseline: dict, tuned: dict) -> tuple[list[str], list[str]]:
+    """(every forgetting signal the run measured, the ones that moved past their limit)."""
+    signals, moved = [], []
+    nll = tuned.get("forget/ordinary_nll_delta")
+    if nll is not None:
+        signals.append(f"ordinary-prompt NLL {nll:+.3f} nats/token (limit +{NLL_LIMIT})")
+        if nll > NLL_LIMIT:
+            moved.append(f"ordinary-prompt NLL rose {nll:+.3f} nats/token")
+    drift = tuned.get("general_drift_pct")
+    if drift is not None:
+        signals.append(f"general held-out loss {drift:+.1f} % (limit +{DRIFT_LIMIT_PCT:g} %)")
+        if drift > DRIFT_LIMIT_PCT:
+            moved.append(f"general held-out loss rose {drift:+.1f} %")
+    taboo, base_taboo = tuned.get("persona/taboo_rate"), baseline.get("persona/taboo_rate")
+    if taboo is not None and base_taboo is not None:
+        signals.append(f"taboo rate {taboo:.2f} vs baseline {base_taboo:.2f}")
+        if taboo > base_taboo:
+            moved.append(f"taboo rate rose to {taboo:.2f} from {base_taboo:.2f}")
+    return signals, moved
+
+
+def verdict(baseline: dict, tuned: dict) -> list[str]:
+    """The claim with its interval, then every forgetting signal, saying which one moved."""
+    if "persona/adherence" not in tuned or "persona/adherence" not in baseline:
         return ["No persona check was measured on both sides (set eval.persona_prompts)."]
-    if not won and not lost:
-        return [f"The fine-tune **matched** the prompt-only baseline on all {len(measured)} checks "
-                f"(no difference), at a forgetting cost of {cost}."]
-    head = ("**The fine-tune beat the prompt-only baseline**" if len(won) > len(lost) else
-            "**The fine-tune did not beat the prompt-only baseline**")
-    return [f"{head} on {len(won)} of {len(won) + len(lost)} checks, at a forgetting cost of {cost}.", "",
-            "Better: " + (", ".join(won) or "none") + ".", "", "Worse: " + (", ".join(lost) or "none") + "."]
+    claim = persona_claim(tuned)
+    lines = [f"**The fine-tune {claim} the prompt-only baseline**: adherence {ci_text(tuned, 'persona/adherence')} "
+             f"vs {ci_text(baseline, 'persona/adherence')}, gain {ci_text(tuned, 'persona/adherence_gain', True)} "
+             f"(95 % bootstrap intervals over prompts)."]
+    if "persona/marker_rate" in tuned:
+        lines += ["", f"Answers with a persona marker: {ci_text(tuned, 'persona/marker_rate')} vs "
+                      f"{ci_text(baseline, 'persona/marker_rate')}, gain "
+                      f"{ci_text(tuned, 'persona/marker_rate_gain', True)}."]
+    signals, moved = forgetting(baseline, tuned)
+    if signals:
+        state = "**moved**: " + "; ".join(moved) if moved else "small"
+        lines += ["", f"Forgetting {state} (measured: {'; '.join(signals)})."]
+    return lines
+
+
+def side_by_side(run_dir: Path, epoch, n: int = 3) -> list[tuple[str, str, str]]:
+    """(held-out persona prompt, baseline answer, tuned answer) for the first n prompts."""
+    path = run_dir / "samples.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    base = {r["prompt"]: r["answer"] for r in rows if r["epoch"] == "baseline" and r["set"] == "persona"}
+    return [(r["prompt"], base.get(r["prompt"], ""), r["answer"]) for r in rows
+            if r["epoch"] == epoch and r["set"] == "persona"][:n]
 
 
 def training_sections(run_dir: Path, summary: dict, history: list[dict], baseline: dict) -> list[str]:
@@ -98,9 +151,15 @@ def training_sections(run_dir: Path, summary: dict, history: list[dict], baselin
         md += ["## Fine-tune vs prompt-only baseline", "",
                f"Baseline: the base model with the whole bible as system prompt. Tuned: epoch {tuned['epoch']}.", "",
                "| check | baseline | tuned |", "|---|---|---|"]
-        md += [f"| {label} | {fmt(baseline.get(k))} | {fmt(tuned.get(k))} |" for k, (label, _) in HEADLINE.items()
+        shown = lambda row, k: ci_text(row, k) if k + "_lo" in row else fmt(row.get(k))  # noqa: E731
+        md += [f"| {label} | {shown(baseline, k)} | {shown(tuned, k)} |" for k, (label, _) in HEADLINE.items()
                if k in baseline or k in tuned]
-        md += ["", *verdict(baseline, tuned, tuned.get("general_drift_pct")), ""]
+        md += ["", *verdict(baseline, tuned), ""]
+        pairs = side_by_side(run_dir, tuned["epoch"])
+        if pairs:
+            md += ["### Held-out persona prompts, side by side", ""]
+            for prompt, before, after in pairs:
+                md += [f"> **{cell(prompt)}**", ">", f"> baseline: {cell(before)}", ">", f"> tuned: {cell(after)}", ""]
     md += samples_section(run_dir, chosen)
     return md
 

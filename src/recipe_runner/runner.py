@@ -29,7 +29,7 @@ from .compare import compare
 from .data_report import log_to_wandb, write_report
 from .report import mix_table, write_summary
 from .run_report import append_training
-from .schema import Role, SystemPrompt
+from .schema import Role, SystemPrompt, drop_null_sources
 from .sharding import FSDPStrategy, local_weight_mb, save_adapter
 from .templates import load_bible, render_persona
 
@@ -94,8 +94,8 @@ def build_training(cfg: DictConfig, parts: DataParts) -> tuple:
     tok = parts.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     roles = {n: Role(s.role).value for n, s in cfg.data.sources.items()}
-    # kl_to_base needs a per-token "general source" mask in the training batches
-    general = {n for n, r in roles.items() if r == Role.general.value} if cfg.train.kl_to_base > 0 else set()
+    # a per-token "general source" mask: the per-role training loss, and kl_to_base
+    general = {n for n, r in roles.items() if r == Role.general.value}
     dm = MixDataModule(parts.data, pad_id, cfg.data.max_length, cfg.data.packing,
                        cfg.train.batch_size, cfg.train.seed, cfg.train.num_workers, general_sources=general)
     module = PersonaModule(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.warmup_ratio, dm.val_names, roles,
@@ -160,6 +160,7 @@ def start_wandb(cfg: DictConfig, run_dir: Path, job: dict, job_type: str):
 
 def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     started = time.time()
+    drop_null_sources(cfg)
     checks.check(cfg)
     if cfg.stage == "compare":  # reads a finished sweep; nothing is trained
         summary = compare(cfg.sweep_dir)
@@ -191,7 +192,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     evals = make_eval_checks(cfg, data_parts, run_dir)
     combined = cfg.eval.select.metric == "combined" and evals.checker.rubric is not None and cfg.eval.checks
     adapters = AdapterPerEpoch(run_dir / "adapters", "eval/combined" if combined else monitor,
-                               score=(lambda tr: evals.scores.get(tr.current_epoch)) if combined else None)
+                               score=(lambda tr: evals.scores.get(tr.current_epoch)) if combined else None,
+                               beats=evals.beats if combined else None)
     callbacks = [
         evals,  # before AdapterPerEpoch: the epoch's score must exist when the adapter is saved
         adapters,
@@ -225,8 +227,9 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
 
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     # every rank trains on its own rows: the run's throughput is the sum over ranks
-    counts = torch.tensor([float(module.tokens_seen), float(module.supervised_seen)])
-    tokens, supervised = (int(x) for x in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
+    counts = torch.tensor([float(module.tokens_seen), float(module.supervised_seen),
+                           float(module.role_seen.get("niche", 0))])
+    tokens, supervised, niche = (int(x) for x in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
     summary = {
         "stage": "train",
         "recipe": cfg.name,
@@ -248,6 +251,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         "stopped_early": bool(trainer.should_stop and trainer.current_epoch < cfg.train.max_epochs),
         "trained_tokens": tokens,
         "supervised_tokens": supervised,
+        "supervised_niche_tokens": niche,  # how much of the voice the run actually trained on
         "tokens_per_second": tokens / module.train_seconds if module.train_seconds else 0.0,
         "strategy": cfg.train.strategy,
         "world_size": trainer.world_size,

@@ -122,7 +122,7 @@ class MixConfig:
 
 @dataclass
 class DataConfig:
-    sources: Dict[str, SourceConfig] = field(default_factory=dict)  # name -> source
+    sources: Dict[str, Optional[SourceConfig]] = field(default_factory=dict)  # name -> source (null drops an inherited one)
     mix: MixConfig = field(default_factory=MixConfig)  # niche:general mixing
     clean: CleanConfig = field(default_factory=CleanConfig)  # filters, applied per source
     placeholders: Dict[str, str] = field(default_factory=dict)  # {{key}} in any turn or text -> value
@@ -219,7 +219,7 @@ class EvalConfig:
     max_prompts: int = 16  # per prompt set and epoch (budget)
     max_dialogues: int = 2  # scripted conversations per epoch, bundled and held-out each (budget)
     max_new_tokens: int = 48  # per generated answer (budget)
-    repetition_penalty: float = 1.2  # greedy decoding, but loops penalised (1.0 = plain greedy)
+    repetition_penalty: float = 1.2  # greedy, loops penalised over the reply's own tokens, not the prompt (1.0 = off)
     heldout_dialogues: int = 4  # held-out niche dialogues with at least this many user turns are replayed too (0 = off)
     batch_size: int = 8  # prompts generated together
     samples: int = 6  # answers per prompt set kept in samples.jsonl and the W&B table
@@ -272,3 +272,12 @@ class RunConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="schema", node=RunConfig)
+
+
+def drop_null_sources(cfg) -> None:
+    """`data.sources.NAME: null` in a recipe built on another removes the inherited source."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg.data.sources):
+        for name in [n for n, s in cfg.data.sources.items() if s is None]:
+            del cfg.data.sources[name]
