@@ -65,8 +65,9 @@ class EvalChecks(L.Callback):
         if trainer.is_global_zero and self.cfg.checks:
             sets = self.checker.sets
             took = ", ".join(f"{k} {v:.0f} s" for k, v in self.checker.seconds.items())
-            console.print(f"evaluation     {what}: {len(sets.persona)} persona prompts, {len(sets.dialogues)} "
-                          f"conversations, {len(sets.ordinary)} ordinary prompts" +
+            talks = len(sets.dialogues)
+            console.print(f"evaluation     {what}: {len(sets.persona)} persona prompts, {talks} "
+                          f"conversation{'' if talks == 1 else 's'}, {len(sets.ordinary)} ordinary prompts" +
                           (f" ... {time.perf_counter() - started:.0f} s ({took})" if started else " ..."), markup=False)
 
     def on_fit_start(self, trainer, pl_module):
