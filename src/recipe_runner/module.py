@@ -70,8 +70,12 @@ def base_logits_at(model, batch: dict, where: torch.Tensor) -> torch.Tensor:
 
 
 def training_objective(model, batch: dict, loss: Loss | str = Loss.ce, eaft_top_k: int = 20,
-                       kl_weight: float = 0.0) -> dict:
+                       kl_weight: float = 0.0, lockstep: bool = False) -> dict:
     """The training loss of one batch and its parts.
+
+    lockstep (fsdp): every rank must run the same forwards, since each gathers every layer's
+    shards from all ranks; a rank whose batch holds no general token then runs the base forward
+    of the KL term anyway (on one position) and drops it, instead of waiting forever for the others.
 
     Returns {"loss": scalar to backpropagate, "n": supervised tokens, "ce": mean plain CE (detached),
     "eaft_weight_mean": mean EAFT weight (eaft only), "kl": mean KL over general tokens (when
@@ -108,6 +112,10 @@ def training_objective(model, batch: dict, loss: Loss | str = Loss.ce, eaft_top_
         kl = kl_to_base(logits[0], base_logits_at(model, batch, general)).mean()
         objective = objective + kl_weight * kl
         out["kl"] = kl
+    elif lockstep and general is not None:
+        one = torch.zeros_like(general)
+        one[0, 0] = True
+        base_logits_at(model, batch, one)
     out["loss"] = objective
     return out
 
@@ -161,7 +169,7 @@ class PersonaModule(L.LightningModule):
         return fn(self.model, *args, **kwargs)
 
     def training_step(self, batch, batch_idx):
-        parts = self.call(training_objective, batch, self.loss_kind, self.eaft_top_k, self.kl_weight)
+        parts = self.call(training_objective, batch, self.loss_kind, self.eaft_top_k, self.kl_weight, self.sharded)
         loss, n = parts["loss"], parts["n"]
         self.tokens_seen += batch["n_real"]
         self.supervised_seen += n
