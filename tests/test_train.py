@@ -94,6 +94,10 @@ def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data
     per_epoch = summary["train_mix_sha256_per_epoch"]
     assert set(per_epoch) == {"0", "1"} and per_epoch["0"] != per_epoch["1"]
     assert per_epoch["0"] == json.loads((run_dir / "manifest.json").read_text())["train_mix_sha256"]
+    # stdout is a pipe here, as in a log file: plain progress lines, each epoch ending on its last step
+    lines = [line for line in res.stdout.splitlines() if line.startswith("train          epoch")]
+    assert lines and all(" tok/s " in line and "elapsed" in line for line in lines)
+    assert any(line.startswith("train          epoch 1 ") and "epoch left" not in line for line in lines)
 
 
 def test_a_failing_sweep_job_is_recorded_and_the_others_run(tiny_model, tiny_data, tmp_path):

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .cleaning import FILTER_NAMES
 from .mixing import Mix
-from .run_report import cell, ci_text, forgetting, persona_claim, side_by_side
+from .run_report import cell, ci_text, fmt, forgetting, persona_claim, side_by_side
 
 console = Console(soft_wrap=True)  # long run paths stay on one line, copy-pasteable
 if not console.is_terminal:  # logs and CI: rich assumes 80 columns and squeezes the tables to "gener…"
@@ -93,7 +93,7 @@ def closing_lines(run_dir: Path, s: dict) -> None:
         console.print(f"mix            general:niche = {s['general_to_niche_ratio']:.3f}:1 in tokens")
         return
     console.print(f"best adapter   {s.get('best_adapter')}  (epoch {s.get('best_epoch')}, "
-                  f"{s.get('monitor')} = {s.get('best_score')})")
+                  f"{s.get('monitor')} = {fmt(s.get('best_score'))})")
     for k, v in s.get("val_loss", {}).items():
         console.print(f"{k:<14} {v:.4f}")
     console.print(f"trained on     {s['trained_tokens']:,} tokens ({s['supervised_tokens']:,} supervised) "
@@ -110,7 +110,7 @@ def closing_lines(run_dir: Path, s: dict) -> None:
                       f"{ci_text(base, 'persona/marker_rate')}", markup=False)
     signals, moved = forgetting(base, last)
     if signals:
-        console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'} ({'; '.join(signals)})",
+        console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'}; measured: {'; '.join(signals)}",
                       markup=False)
     for prompt, before, after in side_by_side(run_dir, last.get("epoch")):  # hear the difference
         console.print(f"held-out       {cell(prompt)}", markup=False)

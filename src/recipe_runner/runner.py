@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from .evaluation import Checker
 from .errors import RecipeError
 from .manifest import build_manifest, write_data_files
 from .launch import launch_rank
+from .log_progress import LogProgress
 from .mixing import Mix
 from .module import PersonaModule
 from .prepare import prepare_data
@@ -204,6 +206,9 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
                                           check_on_train_epoch_end=False),  # only after validation
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
     ]
+    to_terminal = sys.stdout.isatty()
+    if not to_terminal:  # a log file: plain progress lines instead of a bar that shows nothing until the end
+        callbacks.append(LogProgress())
     loggers = make_loggers(cfg, run_dir, job)
     for logger in loggers:
         if logger.__class__.__name__ == "WandbLogger" and rank_zero:
@@ -215,7 +220,7 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         num_nodes=cfg.train.num_nodes, strategy=FSDPStrategy() if cfg.train.strategy == "fsdp" else cfg.train.strategy,
         logger=loggers, callbacks=callbacks, num_sanity_val_steps=0,
         check_val_every_n_epoch=cfg.eval.val_every_n_epochs, limit_val_batches=cfg.eval.limit_val_batches,
-        log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
+        log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False, enable_progress_bar=to_terminal,
         reload_dataloaders_every_n_epochs=1,  # each epoch: its own general draw and packing
     )
     fit_started = time.time()
