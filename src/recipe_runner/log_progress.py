@@ -5,7 +5,7 @@ a SLURM job, CI) it shows nothing until the epoch ends, and a CPU epoch takes ~4
 stdout is not a terminal the runner turns the bar off and uses this instead: one line about every
 fifth of an epoch (and at its end) with the loss, the niche loss, throughput and time left.
 
-    train          epoch 0  step 5/21  loss 1.862  niche 3.790  77 tok/s  elapsed 1:05  epoch left ~3:28
+    train          epoch 0  batch 5/21  loss 1.862  niche 3.790  77 tok/s  elapsed 1:05  epoch left ~3:28
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class LogProgress(L.Callback):
         now = time.perf_counter()
         took = now - self.epoch_started
         metrics = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch}", f"step {done}/{total}"]
+        parts = [f"epoch {trainer.current_epoch}", f"batch {done}/{total}"]
         for key, label in (("train/loss", "loss"), ("train/loss_niche", "niche")):
             if key in metrics:
                 parts.append(f"{label} {float(metrics[key]):.3f}")
