@@ -34,7 +34,7 @@ def test_cfg_job_shows_default_recipe_with_overrides():
     cfg = OmegaConf.create(res.stdout)
     assert cfg.name == "alex_persona_cpu"
     assert cfg.lora.r == 32 and cfg.train.max_epochs == 12
-    assert cfg.model.quant == "nf4"
+    assert cfg.model.quant == "none"  # the CPU cut: plain LoRA on the float32 base (the GPU recipe: nf4)
 
 
 def test_unknown_key_fails_with_key_path():

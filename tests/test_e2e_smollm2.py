@@ -15,7 +15,7 @@ def test_default_recipe_runs_on_embedded_smollm2(tmp_path):
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["recipe"] == "alex_persona_cpu" and summary["global_step"] == 3
-    assert 0.9 < summary["general_to_niche_ratio"] < 1.1  # the CPU cut: 1:1 in tokens
+    assert 1.8 < summary["general_to_niche_ratio"] < 2.2  # the CPU cut: 1:2 in tokens
     for key in ("val/loss", "val/loss_niche", "val/loss_general", "val/loss_alex"):
         assert 0 < summary["val_loss"][key] < 20
     assert (run_dir / "adapters" / "last" / "adapter_model.safetensors").exists()

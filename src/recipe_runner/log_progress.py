@@ -27,9 +27,12 @@ def clock(seconds: float) -> str:
 class LogProgress(L.Callback):
     def __init__(self):
         self.started = self.epoch_started = 0.0
+        self.tokens_at_epoch = 0
 
     def on_train_start(self, trainer, pl_module):
-        self.started = time.perf_counter()
+        # also the epoch's start when a run resumes mid-epoch (no on_train_epoch_start then)
+        self.started = self.epoch_started = time.perf_counter()
+        self.tokens_at_epoch = pl_module.tokens_seen
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.epoch_started = time.perf_counter()
