@@ -339,7 +339,7 @@ def dir_mb(path: Path) -> float:
 
 def prepare_cache(cache: Path, model_name: str, env: dict) -> None:
     """A fresh cache whose models/ points at the usual cache's converted models (converted now if missing)."""
-    from recipe_runner.embedded import PREFIX
+    from recipe_runner.model.embedded import PREFIX
 
     cache.mkdir(parents=True)
     if not model_name.startswith(PREFIX):
@@ -348,7 +348,7 @@ def prepare_cache(cache: Path, model_name: str, env: dict) -> None:
     name = model_name[len(PREFIX):]
     if not (usual / "models" / name / "model.safetensors").exists():
         print(f"[bench] converting {model_name} into {usual} first (not timed)", flush=True)
-        code = ("import sys; sys.path.insert(0, 'src'); from recipe_runner.embedded import resolve_model_path; "
+        code = ("import sys; sys.path.insert(0, 'src'); from recipe_runner.model.embedded import resolve_model_path; "
                 f"resolve_model_path({model_name!r}, {str(usual)!r})")
         subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True)
     (cache / "models").symlink_to(usual / "models", target_is_directory=True)
@@ -435,7 +435,7 @@ def main() -> int:
             f"data.mix.general_ratio={a.general_ratio:g}", *overrides]
 
     from hydra import compose, initialize_config_dir
-    from recipe_runner.schema import register
+    from recipe_runner.config.schema import register
 
     register()  # the composed config names the model (for the cache) and proves the overrides compose
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):

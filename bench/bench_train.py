@@ -68,7 +68,7 @@ DEFAULT_RUNS = ("ours", "trl", "trl_packing")
 
 def compose_cfg(recipe: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir
-    from recipe_runner.schema import register
+    from recipe_runner.config.schema import register
 
     register()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
@@ -127,10 +127,10 @@ def load_common(cfg):
     """Exactly the runner's data path: seed, model path, tokenizer, prepare_data, precision."""
     import lightning as L
     import torch
-    from recipe_runner.runner import load_data
+    from recipe_runner.data.prepared import load_prepared
 
     L.seed_everything(cfg.train.seed, verbose=False)
-    parts = load_data(cfg)
+    parts = load_prepared(cfg)
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     return parts, on_gpu
 
@@ -142,11 +142,11 @@ def adapter_dtype(model) -> str:
 
 def run_ours(cfg, steps: int, warmup: int, workdir: Path) -> dict:
     import lightning as L
-    from recipe_runner.runner import build_training
-    from recipe_runner.schema import TrainOn
+    from recipe_runner.train.fit import build_training
+    from recipe_runner.config.schema import TrainOn
 
     parts, _ = load_common(cfg)
-    mix, precision = parts.data, parts.precision
+    mix, precision = parts.mix, parts.precision
     model, dm, module = build_training(cfg, parts)
     meter = Meter(warmup)
 
@@ -177,9 +177,9 @@ def run_ours(cfg, steps: int, warmup: int, workdir: Path) -> dict:
 def trl_dataset(cfg, tok, mix):
     """The messages of exactly the examples in mix.train, in that order, with the persona system prompt."""
     from datasets import Dataset
-    from recipe_runner.corpus import load_source
-    from recipe_runner.schema import SystemPrompt
-    from recipe_runner.templates import Encoder, render_persona
+    from recipe_runner.data.corpus import load_source
+    from recipe_runner.config.schema import SystemPrompt
+    from recipe_runner.data.templates import Encoder, render_persona
 
     systems = {n: SystemPrompt(s.system) for n, s in cfg.data.sources.items()}
     encoder = Encoder(tok, cfg.template, systems, render_persona(cfg.template))
@@ -198,12 +198,12 @@ def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: 
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig, TrainerCallback
     from trl import SFTConfig, SFTTrainer
-    from recipe_runner.batches import pack
-    from recipe_runner.qlora import DTYPES
-    from recipe_runner.schema import Quant
+    from recipe_runner.data.batches import pack
+    from recipe_runner.model.qlora import DTYPES
+    from recipe_runner.config.schema import Quant
 
     parts, on_gpu = load_common(cfg)
-    tok, model_path, mix, precision = parts.tokenizer, parts.model_path, parts.data, parts.precision
+    tok, model_path, mix, precision = parts.tokenizer, parts.model_path, parts.mix, parts.precision
     dataset = trl_dataset(cfg, tok, mix)
     lengths = mix.train["n_tokens"]
     if packing:
@@ -343,10 +343,10 @@ def main() -> None:
     if bad := [r for r in runs if r not in RUNS]:
         p.error(f"--only: unknown {bad}; choose from {RUNS}")
 
-    from recipe_runner import checks
+    from recipe_runner.config.validate import validate
 
     cfg = compose_cfg(a.recipe, overrides)
-    checks.check(cfg)  # as the runner does, before anything heavy
+    validate(cfg)  # as the runner does, before anything heavy
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

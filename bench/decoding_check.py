@@ -50,13 +50,13 @@ def main() -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recipe_runner.embedded import resolve_model_path
-    from recipe_runner.evaluation import bible_prompt, read_jsonl, user
-    from recipe_runner.generation import evaluating, render, stop_ids
-    from recipe_runner.intervals import interval, paired_gain
-    from recipe_runner.persona_score import PersonaRubric, score_answer, score_answers
-    from recipe_runner.schema import register
-    from recipe_runner.templates import load_bible, render_persona
+    from recipe_runner.model.embedded import resolve_model_path
+    from recipe_runner.evaluate.checker import bible_prompt, read_jsonl, user
+    from recipe_runner.evaluate.generation import evaluating, render, stop_ids
+    from recipe_runner.evaluate.intervals import interval, paired_gain
+    from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers
+    from recipe_runner.config.schema import register
+    from recipe_runner.data.templates import load_bible, render_persona
 
     register()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):

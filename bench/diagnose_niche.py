@@ -28,10 +28,10 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from recipe_runner.embedded import resolve_model_path
-    from recipe_runner.prepare import prepare_data
-    from recipe_runner.schema import Role, drop_null_sources, register
-    from recipe_runner.templates import IGNORE
+    from recipe_runner.model.embedded import resolve_model_path
+    from recipe_runner.data.prepare import prepare_data
+    from recipe_runner.config.schema import Role, drop_null_sources, register
+    from recipe_runner.data.templates import IGNORE
 
     register()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):

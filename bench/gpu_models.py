@@ -10,7 +10,7 @@ Each model folder gets config.json, generation_config.json, model.safetensors an
 
 The configs are written out literally so that no file from the hub or the embedded wheel is needed:
   smollm2-135m  SmolLM2-135M-Instruct's own config.json (copied from the folder
-                recipe_runner.embedded.resolve_model_path converts the embedded GGUF into): 134.5M parameters
+                recipe_runner.model.embedded.resolve_model_path converts the embedded GGUF into): 134.5M parameters
   llama-1b      a ~1B Llama (Llama-3.2-1B's shape: hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192)
                 with SmolLM2's vocabulary (49,152) so the same tokenizer works: 1.07B parameters
 Weights are random (seeded): throughput and memory are those of the architecture, the losses are not.
@@ -172,7 +172,7 @@ def cmd_check(a) -> None:
 
 def cmd_export(a) -> None:
     sys.path.insert(0, str(HERE.parent / "src"))
-    from recipe_runner.embedded import resolve_model_path
+    from recipe_runner.model.embedded import resolve_model_path
 
     src = Path(resolve_model_path("embedded:SmolLM2-135M-Instruct", a.cache_dir))
     TOKENIZER_DIR.mkdir(exist_ok=True)

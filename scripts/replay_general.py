@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from recipe_runner.embedded import resolve_model_path  # noqa: E402
+from recipe_runner.model.embedded import resolve_model_path  # noqa: E402
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subproce
 
 @pytest.fixture(scope="session")
 def embedded_path() -> str:
-    from recipe_runner.embedded import resolve_model_path
+    from recipe_runner.model.embedded import resolve_model_path
 
     return resolve_model_path("embedded:SmolLM2-135M-Instruct", CACHE)
 

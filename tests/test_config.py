@@ -8,9 +8,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli
-from recipe_runner.checks import check
+from recipe_runner.config.validate import validate
 from recipe_runner.errors import RecipeErrors
-from recipe_runner.schema import register
+from recipe_runner.config.schema import register
 
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
 
@@ -25,7 +25,7 @@ def compose_recipe(name: str, *overrides: str):
 def test_every_recipe_composes_and_passes_checks(name):
     cfg = compose_recipe(name)
     assert cfg.name == name
-    check(cfg)  # files exist, ratios sane, monitor logged
+    validate(cfg)  # files exist, ratios sane, monitor logged
 
 
 def test_cfg_job_shows_default_recipe_with_overrides():
@@ -83,7 +83,7 @@ def test_cross_field_problems_are_reported_together():
     cfg = compose_recipe("alex_persona", "data.mix.general_ratio=-1", "train.early_stopping.monitor=val/acc",
                          "template.chat_template=vicuna", "data.val_fraction=1.5")
     with pytest.raises(RecipeErrors) as err:
-        check(cfg)
+        validate(cfg)
     text = str(err.value)
     for key in ("data.mix.general_ratio", "train.early_stopping.monitor", "template.chat_template", "data.val_fraction"):
         assert key in text
@@ -111,3 +111,48 @@ def test_a_recipe_built_on_another_can_drop_an_inherited_source(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads(next((tmp_path / "out").rglob("manifest.json")).read_text())
     assert set(manifest["sources"]) == {"diarist", "general"}
+
+
+def test_help_names_the_stages_commands_and_outputs():
+    res = run_cli("--help")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    for stage in ("train", "prepare", "compare"):
+        assert f"\n  {stage} " in out, f"stage {stage} missing from --help"
+    assert "python run.py -m sweep=lora_grid" in out and "outputs/runs/RECIPE/TIME/" in out
+    assert "docs/reference.md" in out
+    assert out.index("Stages") < out.index("name: alex_persona_cpu"), "the guide comes before the config dump"
+
+
+@pytest.mark.parametrize("override,allowed", [
+    ("stage=evaluate", "[train, prepare, compare]"),
+    ("train.strategy=deepspeed", "[auto, ddp, fsdp]"),
+    ("train.precision=bf16", "[auto, 32-true, bf16-mixed, 16-mixed]"),
+    ("logger.wandb.mode=cloud", "[auto, offline, online, disabled]"),
+])
+def test_choices_are_enums_that_fail_at_composition(override, allowed, tmp_path):
+    res = run_cli(override, f"paths.output_dir={tmp_path}")
+    assert res.returncode != 0
+    assert override.split("=")[0] in res.stderr and allowed in res.stderr, res.stderr[-2000:]
+    assert not list(Path(tmp_path).rglob("manifest.json")), "nothing was prepared"
+
+
+def test_hyphenated_precision_values_still_compose():
+    cfg = compose_recipe("alex_persona_cpu", "train.precision=32-true")
+    validate(cfg)
+    assert cfg.train.precision.value == "32-true"
+
+
+def test_loss_options_fail_before_any_data_or_model_loads(tmp_path):
+    res = run_cli("train.loss=eaft", "train.eaft_top_k=1", "train.kl_to_base=-1", f"paths.output_dir={tmp_path}")
+    assert res.returncode == 2
+    assert "train.eaft_top_k=1" in res.stderr and "train.kl_to_base=-1" in res.stderr
+    assert not list(Path(tmp_path).rglob("manifest.json")), "validation ran before the data stage"
+
+
+def test_compare_is_not_held_to_the_training_recipe_rules(tmp_path):
+    """stage=compare reads a finished sweep: a training-only problem (a missing source file) is not its business."""
+    res = run_cli("stage=compare", f"sweep_dir={tmp_path / 'no_sweep'}", "data.sources.alex.path=missing.jsonl",
+                  f"paths.output_dir={tmp_path / 'out'}")
+    assert res.returncode == 2
+    assert "no_sweep" in res.stderr and "missing.jsonl" not in res.stderr, res.stderr[-2000:]

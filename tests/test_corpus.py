@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from conftest import write_jsonl
-from recipe_runner.corpus import load_source
+from recipe_runner.data.corpus import load_source
 from recipe_runner.errors import RecipeError
-from recipe_runner.schema import SourceConfig
+from recipe_runner.config.schema import SourceConfig
 
 QA = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
 
@@ -98,7 +98,7 @@ def test_on_bad_line_skip_counts_instead_of_failing(tmp_path, tok):
 
 
 def test_skipped_lines_show_in_the_mix_table(tmp_path, tiny_data, embedded_path):
-    from recipe_runner.prepare import prepare_data
+    from recipe_runner.data.prepare import prepare_data
     from test_config import compose_recipe
 
     lines = tiny_data["niche"].read_text().splitlines()
@@ -111,8 +111,8 @@ def test_skipped_lines_show_in_the_mix_table(tmp_path, tiny_data, embedded_path)
 
 
 def test_cleaning_filters_report_what_they_drop(tmp_path, tiny_data, embedded_path):
-    from recipe_runner.cleaning import clean
-    from recipe_runner.schema import CleanConfig
+    from recipe_runner.data.cleaning import clean
+    from recipe_runner.config.schema import CleanConfig
 
     ok = {"source": "s", "messages": QA, "text": ""}
     chat = lambda *turns: {"source": "s", "text": "", "messages": [  # noqa: E731
@@ -138,8 +138,8 @@ def test_cleaning_filters_report_what_they_drop(tmp_path, tiny_data, embedded_pa
 
 
 def test_near_duplicates_are_dropped_but_different_texts_kept():
-    from recipe_runner.cleaning import clean
-    from recipe_runner.schema import CleanConfig
+    from recipe_runner.data.cleaning import clean
+    from recipe_runner.config.schema import CleanConfig
 
     base = ("honestly the cluster went down at three in the morning because somebody changed the dns "
             "record by hand and nobody wrote it down anywhere so we spent two hours guessing")
@@ -154,7 +154,7 @@ def test_near_duplicates_are_dropped_but_different_texts_kept():
 
 
 def test_demo_data_passes_cleaning_untouched(embedded_path):
-    from recipe_runner.prepare import prepare_data
+    from recipe_runner.data.prepare import prepare_data
     from test_config import compose_recipe
 
     mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0"),
@@ -163,7 +163,7 @@ def test_demo_data_passes_cleaning_untouched(embedded_path):
 
 
 def test_second_persona_data_loads_from_sharegpt_and_alpaca_and_passes_cleaning(embedded_path):
-    from recipe_runner.prepare import prepare_data
+    from recipe_runner.data.prepare import prepare_data
     from test_config import compose_recipe
 
     mix = prepare_data(compose_recipe("eleanor_diarist", "data.mix.general_ratio=0"),
@@ -201,7 +201,7 @@ def test_stage_prepare_writes_data_only_and_is_deterministic(tmp_path, tiny_mode
 
 
 def test_training_copies_of_held_out_examples_are_removed(tmp_path, tiny_data, embedded_path):
-    from recipe_runner.prepare import prepare_data
+    from recipe_runner.data.prepare import prepare_data
     from test_config import compose_recipe
 
     leaky = tmp_path / "leaky_general.jsonl"  # the general corpus also holds every niche dialogue

@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from conftest import write_jsonl
-from recipe_runner.corpus import BadLines, iter_source, load_source
+from recipe_runner.data.corpus import BadLines, iter_source, load_source
 from recipe_runner.errors import RecipeError
-from recipe_runner.schema import SourceConfig
+from recipe_runner.config.schema import SourceConfig
 
 QA = [{"role": "user", "content": "q1", "train": True}, {"role": "assistant", "content": "a1", "train": True}]
 QA_ROWS = {"prompt": ["q1", "q2"], "response": ["a1", "a2"]}

@@ -6,11 +6,11 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from recipe_runner.corpus import load_source
+from recipe_runner.data.corpus import load_source
 from recipe_runner.errors import RecipeError
-from recipe_runner.prepare import prepare_data
-from recipe_runner.schema import SourceConfig, TemplateConfig, SystemPrompt
-from recipe_runner.templates import IGNORE, Encoder, end_of_turn_id, preflight
+from recipe_runner.data.prepare import prepare_data
+from recipe_runner.config.schema import SourceConfig, TemplateConfig, SystemPrompt
+from recipe_runner.data.templates import IGNORE, Encoder, end_of_turn_id, preflight
 from test_config import compose_recipe
 
 
@@ -83,7 +83,7 @@ def test_persona_goes_into_the_system_prompt(tok):
 def test_preflight_fails_when_end_of_turn_is_masked(tok):
     import numpy as np
 
-    from recipe_runner.schema import TrainOn
+    from recipe_runner.config.schema import TrainOn
 
     eot = end_of_turn_id(tok)
     cols = lambda sup, turns, eots: {"n_supervised": np.array(sup), "n_turns": np.array(turns),  # noqa: E731

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from recipe_runner.eval_callback import EvalChecks
-from recipe_runner.judge import judge_scores
-from recipe_runner.schema import EvalConfig, JudgeConfig
+from recipe_runner.evaluate.callback import EvalChecks
+from recipe_runner.evaluate.judge import judge_scores
+from recipe_runner.config.schema import EvalConfig, JudgeConfig
 
 from judge_endpoint import judge_endpoint
 

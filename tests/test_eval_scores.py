@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from recipe_runner.errors import RecipeError
-from recipe_runner.parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases, split_words
-from recipe_runner.persona_score import (
+from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases, split_words
+from recipe_runner.evaluate.persona_score import (
     AnswerScore,
     PersonaRubric,
     count_sentences,
@@ -16,7 +16,7 @@ from recipe_runner.persona_score import (
     score_answers,
     turn_slope,
 )
-from recipe_runner.templates import load_bible
+from recipe_runner.data.templates import load_bible
 
 BIBLE = Path(__file__).resolve().parents[1] / "data" / "alex" / "bible.yaml"
 

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from recipe_runner.eval_callback import EvalChecks
-from recipe_runner.intervals import interval, outside_noise, paired_gain
-from recipe_runner.run_report import forgetting, persona_claim, verdict
+from recipe_runner.evaluate.callback import EvalChecks
+from recipe_runner.evaluate.intervals import interval, outside_noise, paired_gain
+from recipe_runner.report.run_report import forgetting, persona_claim, verdict
 
 
 def test_the_interval_of_a_mean_matches_the_normal_approximation():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import only_run_dir, run_cli, tiny_overrides
-from recipe_runner.losses import eaft_weights, kl_to_base, token_ce
+from recipe_runner.train.losses import eaft_weights, kl_to_base, token_ce
 
 
 def np_eaft(logits: np.ndarray, k: int) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_kl_function_is_zero_on_equal_and_positive_on_different_logits():
 def test_rows_mark_the_tokens_of_general_sources():
     from datasets import Dataset
 
-    from recipe_runner.batches import Collator, Rows
+    from recipe_runner.data.batches import Collator, Rows
 
     ds = Dataset.from_dict({
         "source": ["alex", "general", "alex", "wiki"],
@@ -168,7 +168,7 @@ def perturb_lora_b(model, scale: float = 0.5):
 
 
 def test_kl_term_is_exactly_zero_with_fresh_adapter_and_positive_after_it_changes(lora_model):
-    from recipe_runner.module import supervised_loss, training_objective
+    from recipe_runner.train.module import supervised_loss, training_objective
 
     batch = packed_batch()
     fresh = training_objective(lora_model, batch, "ce", kl_weight=0.1)
@@ -195,7 +195,7 @@ def test_kl_term_is_exactly_zero_with_fresh_adapter_and_positive_after_it_change
 
 def test_kl_on_a_row_subset(lora_model):
     """Three rows, only the middle one with general tokens: the base forward runs on that row alone."""
-    from recipe_runner.module import training_objective
+    from recipe_runner.train.module import training_objective
 
     a, b = packed_batch(), packed_batch(general_first=False)
     batch = {k: torch.cat([b[k], a[k], b[k]]) for k in ("input_ids", "labels", "position_ids", "general")}
@@ -215,7 +215,7 @@ def test_kl_on_a_row_subset(lora_model):
 
 
 def test_kl_gradient_reaches_the_adapter_only(lora_model):
-    from recipe_runner.module import training_objective
+    from recipe_runner.train.module import training_objective
 
     perturb_lora_b(lora_model)
     batch = packed_batch()
@@ -228,7 +228,7 @@ def test_kl_gradient_reaches_the_adapter_only(lora_model):
 
 
 def test_no_base_forward_without_general_tokens(lora_model, monkeypatch):
-    from recipe_runner.module import training_objective
+    from recipe_runner.train.module import training_objective
 
     def boom():
         raise AssertionError("base forward ran on a batch without general tokens")
@@ -240,7 +240,7 @@ def test_no_base_forward_without_general_tokens(lora_model, monkeypatch):
 
 
 def test_eaft_objective_is_weighted_sum_over_supervised_count(lora_model):
-    from recipe_runner.module import next_token_hidden, training_objective
+    from recipe_runner.train.module import next_token_hidden, training_objective
 
     perturb_lora_b(lora_model)
     lora_model.eval()  # no dropout: two forwards agree
@@ -259,7 +259,7 @@ def test_eaft_objective_is_weighted_sum_over_supervised_count(lora_model):
 
 def test_module_refuses_bad_settings(lora_model):
     from recipe_runner.errors import RecipeError
-    from recipe_runner.module import PersonaModule
+    from recipe_runner.train.module import PersonaModule
 
     args = (1e-4, 0.0, 0.0, ["alex"], {"alex": "niche"})
     with pytest.raises(RecipeError, match="eaft_top_k"):

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from recipe_runner.errors import RecipeError
-from recipe_runner.mixing import mix
-from recipe_runner.prepare import SourceData
-from recipe_runner.schema import DataConfig, Role
+from recipe_runner.data.mixing import mix
+from recipe_runner.data.prepare import SourceData
+from recipe_runner.config.schema import DataConfig, Role
 
 
 def source(name: str, role: Role, lengths: list[int], **kw) -> SourceData:

@@ -4,8 +4,8 @@ import torch
 
 from omegaconf import OmegaConf
 
-from recipe_runner.qlora import build_model
-from recipe_runner.schema import LoraConfig, ModelConfig
+from recipe_runner.model.qlora import build_model
+from recipe_runner.config.schema import LoraConfig, ModelConfig
 
 
 def test_qlora_builds_nf4_base_with_float32_adapter(tiny_model):

@@ -7,10 +7,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from conftest import run_cli, tiny_overrides, write_jsonl
-from recipe_runner.cache import DataCache
-from recipe_runner.checks import check
+from recipe_runner.data.cache import DataCache
+from recipe_runner.config.validate import validate
 from recipe_runner.errors import RecipeError, RecipeErrors
-from recipe_runner.prepare import prepare_data
+from recipe_runner.data.prepare import prepare_data
 from test_config import compose_recipe
 from wandb_records import history_keys, records
 
@@ -86,7 +86,7 @@ def test_language_filter_keeps_only_the_named_languages(tmp_path, tiny_data, tok
     assert "Привет" in mix.sources["alex"].samples["language"][0]["messages"][1]["content"]
     assert mix.sources["general"].cleaned["language"] == 0
     with pytest.raises(RecipeErrors, match=r"data.clean.languages: \['xx'\]"):
-        check(cfg_for(tiny_data, tmp_path, "data.clean.languages=[en,xx]"))
+        validate(cfg_for(tiny_data, tmp_path, "data.clean.languages=[en,xx]"))
 
 
 def test_ratio_beyond_the_repeat_cap_is_refused_before_training(tmp_path, tiny_data, tok):
@@ -95,7 +95,7 @@ def test_ratio_beyond_the_repeat_cap_is_refused_before_training(tmp_path, tiny_d
     mix = prepare_data(cfg_for(tiny_data, tmp_path, "data.mix.general_ratio=40", "data.mix.max_repeats=4"), tok)
     assert next(r for r in mix.rows if r.source == "general").repeats > 1
     with pytest.raises(RecipeErrors, match=r"upsample=3: must be between 1 and data.mix.max_repeats=2"):
-        check(cfg_for(tiny_data, tmp_path, "data.sources.alex.upsample=3", "data.mix.max_repeats=2"))
+        validate(cfg_for(tiny_data, tmp_path, "data.sources.alex.upsample=3", "data.mix.max_repeats=2"))
 
 
 def test_prepare_writes_a_report_and_logs_the_mix_to_wandb(tmp_path, tiny_model, tiny_data):

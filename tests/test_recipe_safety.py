@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, run_cli, tiny_overrides
 from judge_endpoint import judge_endpoint
-from recipe_runner.judge import judge_scores
+from recipe_runner.evaluate.judge import judge_scores
 from omegaconf import OmegaConf
 
 SECRET = "sk-do-not-leak-7f3a9c"

@@ -134,7 +134,7 @@ def test_fsdp_refuses_float16_and_deepspeed_is_not_offered(tmp_path):
 
 
 def test_parallel_jobs_claim_distinct_gpus_until_they_end(tmp_path):
-    from recipe_runner.devices import claim_gpu
+    from recipe_runner.train.devices import claim_gpu
     from recipe_runner.errors import RecipeError
 
     a, lock_a = claim_gpu(tmp_path, 2)

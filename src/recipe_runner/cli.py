@@ -1,8 +1,8 @@
 """The Hydra entry point behind `python run.py`.
 
 Before Hydra composes anything, the recipes and sweep files named on the command line (and the
-recipes they build on) are scanned: shared files are data (recipe_scan.py). The user's own
-settings file is added as overrides (user_settings.py), and a recipe given by path is made
+recipes they build on) are scanned: shared files are data (config/recipe_scan.py). The user's own
+settings file is added as overrides (config/user_settings.py), and a recipe given by path is made
 visible to Hydra as an ordinary option of the `recipe` group. User mistakes print one `error:`
 message and exit 2.
 """
@@ -87,9 +87,9 @@ def raise_user(message: str):
 
 
 def main() -> None:
-    from .errors import RecipeError
-    from .recipe_scan import scan_overrides, scan_shared_file
-    from .user_settings import file_overrides, settings_file
+    from recipe_runner.errors import RecipeError
+    from recipe_runner.config.recipe_scan import scan_overrides, scan_shared_file
+    from recipe_runner.config.user_settings import file_overrides, settings_file
 
     try:
         argv, files = _recipe_files(sys.argv[1:])
@@ -131,7 +131,7 @@ def _with_user_settings(argv: list[str], settings: list[str]) -> list[str]:
 def _hydra_main() -> None:
     import hydra
 
-    from .schema import register
+    from recipe_runner.config.schema import register
 
     register()
 
@@ -146,11 +146,13 @@ def run_job(cfg) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .errors import RecipeError
-    from .launch import (DIST_ENV, ddp_children_rerun_this_job, launch_rank, one_gpu_per_parallel_job,
+    from recipe_runner.errors import RecipeError
+    from recipe_runner.train.launch import (DIST_ENV, ddp_children_rerun_this_job, launch_rank, one_gpu_per_parallel_job,
                          reset_distributed)
-    from .report import closing_lines
-    from .runner import run
+    from recipe_runner.config.schema import Strategy
+    from recipe_runner.report.closing import closing_lines
+    from recipe_runner.report import wandb_log
+    from recipe_runner.runner import run
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -162,8 +164,9 @@ def run_job(cfg) -> float | None:
         job = {"group": None, "name": f"{cfg.name}-{run_dir.name}"}
     gpu_lock = None
     try:
-        if cfg.train.strategy in ("ddp", "fsdp"):  # both start their other ranks by re-running the command
-            ddp_children_rerun_this_job(hc, run_dir, cfg.train.strategy)
+        strategy = Strategy(cfg.train.strategy)
+        if strategy is not Strategy.auto:  # ddp and fsdp start their other ranks by re-running the command
+            ddp_children_rerun_this_job(hc, run_dir, strategy.value)
         gpu_lock = one_gpu_per_parallel_job(cfg, hc)
         summary = run(cfg, run_dir, job)
     except RecipeError as exc:
@@ -180,10 +183,7 @@ def run_job(cfg) -> float | None:
         sys.argv = argv
         if gpu_lock is not None:
             gpu_lock.close()  # the next job of this worker (or another worker) may take the GPU
-        if "wandb" in sys.modules:
-            import wandb
-
-            wandb.finish()  # in a sweep the next job must start its own W&B run
+        wandb_log.finish()  # in a sweep the next job must start its own W&B run
         reset_distributed(dist_env)  # the next DDP job of a sweep starts its own ranks
     if (run_dir / "summary.json").exists() and launch_rank() == 0:  # the headline comes last
         closing_lines(run_dir, summary)

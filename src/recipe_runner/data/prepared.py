@@ -1,0 +1,43 @@
+"""The data stage's result: everything before the weights load (model path, tokenizer, the mix
+and its manifest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+
+from recipe_runner.config.schema import Precision
+from recipe_runner.data.manifest import build_manifest
+from recipe_runner.data.mixing import Mix
+from recipe_runner.data.prepare import prepare_data
+from recipe_runner.model.embedded import resolve_model_path
+from recipe_runner.model.qlora import resolve_precision
+
+
+@dataclass
+class Prepared:
+    model_path: str  # a folder or hub id from_pretrained can open
+    tokenizer: object
+    mix: Mix
+    manifest: dict
+    precision: str  # resolved Lightning precision (auto -> bf16-mixed / 16-mixed / 32-true)
+
+    def summary(self) -> dict:
+        """Its section of summary.json."""
+        return {"manifest_sha256": self.manifest["manifest_sha256"],
+                "mix": {r.source: {"train_tokens": r.train_tokens, "share": r.share} for r in self.mix.rows},
+                "general_to_niche_ratio": self.mix.ratio}
+
+
+def load_prepared(cfg: DictConfig) -> Prepared:
+    """Model path (converting an embedded model once), tokenizer, cleaned and mixed data, manifest.
+    DDP ranks > 0 find rank 0's data in the cache."""
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, trust_remote_code=False)
+    mix = prepare_data(cfg, tokenizer)
+    return Prepared(model_path, tokenizer, mix, build_manifest(cfg, mix, model_path),
+                    resolve_precision(Precision(cfg.train.precision).value, cfg.train.accelerator))
+

@@ -1,0 +1,204 @@
+"""The evaluation checks: did the persona take, and what did it cost.
+
+One `Checker` runs every generation check on one model state and returns flat metrics:
+- persona/*: answers to held-out persona prompts scored against the bible (markers, taboos,
+  sentence limit, language) -> adherence in [0, 1];
+- drift/*: scripted conversations of 8+ user turns, replied to turn by turn; adherence per
+  turn index and its slope (the voice must hold at turn 8 as at turn 1);
+- parrot/*: how many answers use n-grams that are frequent in the training answers but not
+  in the bible (mined once), and how many copy 12+ consecutive words of training data;
+- forget/*: likelihood of the base model's own answers to everyday prompts, tuned vs base.
+
+The same checks on the base model (adapter disabled) with the whole bible as system prompt are
+the prompt-only baseline: the fine-tune must beat it to be worth its forgetting cost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recipe_runner.errors import RecipeError
+from recipe_runner.evaluate.generation import answer_nll, generate
+from recipe_runner.evaluate.intervals import interval, paired_gain
+from recipe_runner.evaluate.judge import judge_scores
+from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases
+from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers, turn_slope
+
+
+def read_jsonl(path: str, key: str, field_name: str) -> list:
+    """`field_name` of every line; errors name the file, line and config key."""
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError(f"{key}: {p} does not exist")
+    out = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)[field_name]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise RecipeError(f'{p}:{lineno}: expected an object with "{field_name}" ({key})') from None
+        out.append(value)
+    return out
+
+
+@dataclass
+class EvalSets:
+    ordinary: list[str] = field(default_factory=list)  # everyday prompts (forgetting)
+    persona: list[str] = field(default_factory=list)  # held-out persona prompts
+    dialogues: list[list[str]] = field(default_factory=list)  # user turns of scripted conversations
+
+    @classmethod
+    def load(cls, ecfg) -> "EvalSets":
+        sets = cls()
+        if ecfg.ordinary_prompts:
+            sets.ordinary = read_jsonl(ecfg.ordinary_prompts, "eval.ordinary_prompts", "prompt")[: ecfg.max_prompts]
+        if ecfg.persona_prompts:
+            sets.persona = read_jsonl(ecfg.persona_prompts, "eval.persona_prompts", "prompt")[: ecfg.max_prompts]
+        if ecfg.dialogues:
+            sets.dialogues = read_jsonl(ecfg.dialogues, "eval.dialogues", "turns")[: ecfg.max_dialogues]
+        return sets
+
+
+def bible_prompt(bible: dict) -> str:
+    """The whole bible as a system prompt: the strongest prompt-only competitor to a fine-tune."""
+    parts = [f"You are {bible['name']}. {bible.get('role', '')}"]
+    for key, label in (("speech_patterns", "How you speak"), ("values", "What you value"),
+                       ("taboos", "Never"), ("knowledge", "What you know")):
+        if bible.get(key):
+            parts.append(f"{label}: " + "; ".join(map(str, bible[key])) + ".")
+    return " ".join(" ".join(parts).split())
+
+
+def user(prompt: str, system: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+@dataclass
+class Reference:
+    """What the base model does, computed once before training."""
+
+    ordinary_answers: list[str]
+    ordinary_nll: float  # mean over prompts, nats per token, base model
+    general_loss: float | None = None  # base model's loss on the held-out general sets
+
+
+class Checker:
+    def __init__(self, ecfg, tokenizer, bible: dict, system: str | None, train_answers: list[str],
+                 heldout_dialogues: list[list[str]] | None = None):
+        self.cfg, self.tok = ecfg, tokenizer
+        self.sets = EvalSets.load(ecfg)
+        # long held-out niche dialogues, replayed from their user turns: the voice on the user's own data
+        self.sets.dialogues += (heldout_dialogues or [])[: ecfg.max_dialogues]
+        self.bible = bible
+        self.rubric = PersonaRubric.from_bible(bible) if bible else None
+        self.system = system  # the training-time persona prompt: what the tuned model is deployed with
+        self.baseline_system = bible_prompt(bible) if bible else system
+        exclude = (persona_phrases(bible) if bible else []) + ([system] if system else [])
+        self.ngrams = mine_ngrams(train_answers, exclude, sizes=tuple(ecfg.parrot_ngrams),
+                                  min_count=ecfg.parrot_min_count, top_k=ecfg.parrot_top_k)
+        self.copies = CopyIndex(train_answers, words=ecfg.copy_span_words)
+        self.reference: Reference | None = None
+        self.items: dict[str, list] = {}  # per-prompt persona scores of the last run
+        self.seconds: dict[str, float] = {}  # where the last run's time went (announced per phase)
+        self.base_items: dict[str, list] = {}  # ... of the baseline
+
+    # ------------------------------------------------------------------ building blocks
+
+    def gen(self, model, convos: list[list[dict]], adapter: bool) -> list[str]:
+        return generate(model, self.tok, convos, self.cfg.max_new_tokens, self.cfg.batch_size, adapter,
+                        repetition_penalty=self.cfg.repetition_penalty)
+
+    def conversations(self, model, system: str | None, adapter: bool) -> list[list[str]]:
+        """Reply turn by turn to every scripted conversation, all conversations batched per turn."""
+        history = [([{"role": "system", "content": system}] if system else []) for _ in self.sets.dialogues]
+        replies: list[list[str]] = [[] for _ in self.sets.dialogues]
+        for t in range(max((len(d) for d in self.sets.dialogues), default=0)):
+            live = [i for i, d in enumerate(self.sets.dialogues) if t < len(d)]
+            for i in live:
+                history[i].append({"role": "user", "content": self.sets.dialogues[i][t]})
+            answers = self.gen(model, [history[i] for i in live], adapter)
+            for i, a in zip(live, answers):
+                history[i].append({"role": "assistant", "content": a})
+                replies[i].append(a)
+        return replies
+
+    def base_reference(self, model) -> Reference:
+        convos = [user(p, None) for p in self.sets.ordinary]
+        answers = self.gen(model, convos, adapter=False)
+        nll = answer_nll(model, self.tok, convos, answers, self.cfg.batch_size, adapter=False) if convos else []
+        self.reference = Reference(answers, float(np.mean(nll)) if nll else float("nan"))
+        return self.reference
+
+    def intervals(self, answers: list[str], baseline: bool) -> dict[str, float]:
+        """95 % bootstrap intervals over prompts for adherence and marker rate, and (tuned) the paired
+        gain over the baseline's answers to the same prompts. Keeps the per-prompt scores in
+        `self.items` (the baseline's in `self.base_items`) for epoch-to-epoch comparisons."""
+        scored = [score_answer(a, self.rubric) for a in answers]
+        self.items = {"adherence": [x.adherence for x in scored],
+                      "marker_rate": [None if x.markers is None else float(bool(x.markers)) for x in scored]}
+        if baseline:
+            self.base_items = self.items
+        out = {}
+        for key, values in self.items.items():
+            ci = interval(values)
+            if ci is not None:
+                out[f"persona/{key}_lo"], out[f"persona/{key}_hi"] = ci[1], ci[2]
+            gain = None if baseline or not self.base_items else paired_gain(values, self.base_items[key])
+            if gain is not None:
+                out[f"persona/{key}_gain"], out[f"persona/{key}_gain_lo"], out[f"persona/{key}_gain_hi"] = gain
+        return out
+
+    # ------------------------------------------------------------------ the checks
+
+    def run(self, model, adapter: bool = True, judge: bool = True) -> tuple[dict[str, float], list[dict]]:
+        """All checks on one model state: (metrics, samples). adapter=False is the baseline.
+        judge=False skips the LLM judge (fsdp ranks other than 0: their numbers are not used)."""
+        system = self.system if adapter else self.baseline_system
+        metrics: dict[str, float] = {}
+        samples: list[dict] = []
+        clock = time.perf_counter()
+        persona = self.gen(model, [user(p, system) for p in self.sets.persona], adapter) if self.sets.persona else []
+        if self.rubric and persona:
+            metrics |= {f"persona/{k}": v for k, v in score_answers(persona, self.rubric).items()
+                        if v is not None and k not in ("n", "language_n")}
+            metrics |= self.intervals(persona, baseline=not adapter)
+        if judge and self.cfg.judge.enabled and persona:
+            judged = judge_scores(self.cfg.judge, self.bible, list(zip(self.sets.persona, persona)))
+            ok = [x for x in judged if x is not None]
+            metrics["persona/judge"] = float(np.mean(ok)) if ok else float("nan")
+            metrics["persona/judge_failed"] = float(len(judged) - len(ok))
+        samples += [{"set": "persona", "prompt": p, "answer": a} for p, a in
+                    zip(self.sets.persona[: self.cfg.samples], persona)]
+        self.seconds = {"persona": time.perf_counter() - clock}
+        clock = time.perf_counter()
+        dialogue = self.conversations(model, system, adapter) if self.sets.dialogues else []
+        self.seconds["conversations"] = time.perf_counter() - clock
+        if self.rubric and dialogue:
+            per_turn = [[score_answer(a, self.rubric).adherence for a in replies] for replies in dialogue]
+            slope = turn_slope(per_turn)
+            metrics |= {f"drift/{k}": slope[k] for k in ("slope", "first", "last", "held") if slope[k] is not None}
+        said = persona + [a for replies in dialogue for a in replies]
+        if said:
+            parrot = parrot_rate(said, self.ngrams)
+            metrics["parrot/rate"] = parrot["parrot_rate"]
+            metrics["parrot/ngrams_per_answer"] = parrot["mean_ngrams"]
+            metrics["parrot/copy_rate"] = self.copies.copy_rate(said)
+        clock = time.perf_counter()
+        if self.sets.ordinary and self.reference is not None:
+            convos = [user(p, None) for p in self.sets.ordinary]
+            nll = float(np.mean(answer_nll(model, self.tok, convos, self.reference.ordinary_answers,
+                                           self.cfg.batch_size, adapter)))
+            metrics["forget/ordinary_nll"] = nll
+            metrics["forget/ordinary_nll_delta"] = nll - self.reference.ordinary_nll
+            shown = self.sets.ordinary[: self.cfg.samples]
+            answers = self.gen(model, [user(p, None) for p in shown], adapter)
+            samples += [{"set": "ordinary", "prompt": p, "answer": a, "base_answer": b}
+                        for p, a, b in zip(shown, answers, self.reference.ordinary_answers)]
+        self.seconds["ordinary"] = time.perf_counter() - clock
+        return metrics, samples

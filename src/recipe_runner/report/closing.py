@@ -1,0 +1,49 @@
+"""The closing lines: what the run produced and whether the persona took, the last thing printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recipe_runner.console import console
+from recipe_runner.report.run_report import cell, ci_text, fmt, forgetting, persona_claim, side_by_side
+
+
+def closing_lines(run_dir: Path, s: dict) -> None:
+    console.rule("[bold]done")
+    console.print(f"run folder     {run_dir}")
+    if s.get("stage") == "compare":
+        console.print(f"leaderboard    {s['table']} (+ compare.csv, plots) for {s['jobs']} jobs, {s['failed']} failed")
+        return
+    if s.get("stage") == "prepare":
+        console.print(f"held-out sets  {run_dir / 'heldout'}")
+        console.print(f"manifest       {run_dir / 'manifest.json'}  (sha256 {s['manifest_sha256'][:16]}...)")
+        console.print(f"mix            general:niche = {s['general_to_niche_ratio']:.3f}:1 in tokens")
+        return
+    console.print(f"best adapter   {s.get('best_adapter')}  (epoch {s.get('best_epoch')}, "
+                  f"{s.get('monitor')} = {fmt(s.get('best_score'))})")
+    for k, v in s.get("val_loss", {}).items():
+        console.print(f"{k:<14} {v:.4f}")
+    console.print(f"trained on     {s['trained_tokens']:,} tokens ({s['supervised_tokens']:,} supervised) "
+                  f"at {s['tokens_per_second']:.0f} tok/s")
+    console.print(f"peak memory    {s['peak_rss_mb']:.0f} MB RSS" +
+                  (f", {s['peak_cuda_mb']:.0f} MB CUDA" if s.get("peak_cuda_mb") else ""))
+    last, base = s.get("checks_best") or s.get("checks_last") or {}, s.get("baseline") or {}
+    if "persona/adherence" in last and "persona/adherence" in base:
+        console.print(f"persona        epoch {last['epoch']} {persona_claim(last)} the prompt-only baseline: adherence "
+                      f"{ci_text(last, 'persona/adherence')} vs {ci_text(base, 'persona/adherence')}, gain "
+                      f"{ci_text(last, 'persona/adherence_gain', True)} (95 % intervals over prompts)", markup=False)
+    if "persona/marker_rate" in last and "persona/marker_rate" in base:
+        console.print(f"markers        {ci_text(last, 'persona/marker_rate')} of answers vs "
+                      f"{ci_text(base, 'persona/marker_rate')}", markup=False)
+    signals, moved = forgetting(base, last)
+    if signals:
+        console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'}; measured: {'; '.join(signals)}",
+                      markup=False)
+    for prompt, before, after in side_by_side(run_dir, last.get("epoch")):  # hear the difference
+        console.print(f"held-out       {cell(prompt)}", markup=False)
+        console.print(f"  baseline     {cell(before)}", markup=False)
+        console.print(f"  tuned        {cell(after)}", markup=False)
+    if s.get("eval_seconds"):
+        console.print(f"evaluation     {s['eval_seconds']:.0f} s ({100 * s['eval_fraction']:.0f} % of the run)")
+    console.print(f"wall time      {s['wall_seconds']:.0f} s; summary: {run_dir / 'summary.json'}; "
+                  f"report: {run_dir / 'report.md'}")

@@ -1,0 +1,124 @@
+"""stage=compare: a sweep's leaderboard without W&B.
+
+Reads every job folder of a sweep (summary.json, checks, logs/metrics.csv, or error.txt) and
+writes compare.md and compare.csv into the sweep folder, one plot per swept parameter
+(compare_<key>.png: held-out loss and persona adherence against the parameter) and the
+validation curves of all jobs overlaid (compare_loss_curves.png).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from recipe_runner.errors import RecipeError
+from recipe_runner.console import console
+
+COLUMNS = ["job", "status", "best epoch", "val/loss", "val/loss_niche", "val/loss_general", "persona",
+           "baseline", "gain", "gain lo", "gain hi", "markers", "general drift %", "ordinary nll Δ", "parroting",
+           "copies", "tok/s"]  # gain lo/hi: 95 % bootstrap interval of the adherence gain over prompts
+
+
+def swept(job: Path) -> dict[str, str]:
+    """`3_data.mix.general_ratio=10,lora.r=16` -> {"data.mix.general_ratio": "10", "lora.r": "16"}."""
+    _, _, rest = job.name.partition("_")
+    return dict(item.split("=", 1) for item in rest.split(",") if "=" in item)
+
+
+def job_row(job: Path) -> dict:
+    row = {"job": job.name.split("_")[0], **{f"param:{k}": v for k, v in swept(job).items()}}
+    if (job / "error.txt").exists() or not (job / "summary.json").exists():
+        reason = (job / "error.txt").read_text().strip().splitlines()[0] if (job / "error.txt").exists() else "no summary"
+        return {**row, "status": f"failed: {reason[:80]}"}
+    s = json.loads((job / "summary.json").read_text())
+    best, base, val = s.get("checks_best") or {}, s.get("baseline") or {}, s.get("val_loss", {})
+    return {**row, "status": "ok", "best epoch": s.get("best_epoch"), "val/loss": val.get("val/loss"),
+            "val/loss_niche": val.get("val/loss_niche"), "val/loss_general": val.get("val/loss_general"),
+            "persona": best.get("persona/adherence"), "baseline": base.get("persona/adherence"),
+            "gain": best.get("persona/adherence_gain"), "gain lo": best.get("persona/adherence_gain_lo"),
+            "gain hi": best.get("persona/adherence_gain_hi"), "markers": best.get("persona/marker_rate"),
+            "general drift %": best.get("general_drift_pct"), "ordinary nll Δ": best.get("forget/ordinary_nll_delta"),
+            "parroting": best.get("parrot/rate"), "copies": best.get("parrot/copy_rate"),
+            "tok/s": round(s["tokens_per_second"]) if s.get("tokens_per_second") else None}
+
+
+def cell(v) -> str:
+    if v is None or v == "":
+        return ""
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def sort_key(value: str):
+    """Numbers by value (2 < 10), then anything else as text."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def plots(rows: list[dict], jobs: list[Path], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    ok = [r for r in rows if r["status"] == "ok"]
+    for key in sorted({k for r in ok for k in r if k.startswith("param:")}):
+        name = key.removeprefix("param:")
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        values = sorted({r[key] for r in ok}, key=sort_key)  # each value once, in numeric order
+        for ax, metric in zip(axes, ("val/loss", "persona")):
+            points = [(values.index(r[key]), r[metric], r["job"]) for r in ok if r.get(metric) is not None]
+            ax.scatter([p[0] for p in points], [p[1] for p in points])
+            for x, y, job in points:  # jobs sharing this value differ in the other swept keys
+                ax.annotate(job, (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
+            ax.set_xticks(range(len(values)), values)
+            ax.set(xlabel=name, title=metric)
+        fig.tight_layout()
+        path = out / f"compare_{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for job in jobs:
+        metrics = job / "logs" / "metrics.csv"
+        if metrics.exists():
+            pts = [(int(float(r["epoch"])), float(r["val/loss"])) for r in csv.DictReader(open(metrics)) if r.get("val/loss")]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=job.name[:40])
+    ax.set(xlabel="epoch", title="val/loss per job")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "compare_loss_curves.png", dpi=100)
+    plt.close(fig)
+    return made + [out / "compare_loss_curves.png"]
+
+
+def compare(sweep_dir: str) -> dict:
+    folder = Path(sweep_dir)
+    jobs = sorted((p for p in folder.iterdir() if p.is_dir() and p.name[:1].isdigit()),
+                  key=lambda p: int(p.name.split("_")[0])) if folder.is_dir() else []
+    if not jobs:
+        raise RecipeError(f"sweep_dir={sweep_dir}: no job folders (0_..., 1_...) found there")
+    rows = [job_row(j) for j in jobs]
+    params = sorted({k for r in rows for k in r if k.startswith("param:")})
+    header = ["job", *[p.removeprefix("param:") for p in params], *COLUMNS[1:]]
+    cells = [[r["job"], *[r.get(p, "") for p in params], *[cell(r.get(c)) for c in COLUMNS[1:]]] for r in rows]
+    with open(folder / "compare.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *cells])
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, c)) + " |" for c in cells]
+    images = plots(rows, jobs, folder)
+    (folder / "compare.md").write_text(f"# Sweep {folder.name}\n\n" + "\n".join(md) + "\n\n"
+                                       + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
+    table = Table(title=f"sweep {folder}")
+    for h in header:
+        table.add_column(h, justify="left" if h in ("job", "status") else "right")
+    for c in cells:
+        table.add_row(*map(str, c))
+    console.print(table)
+    return {"stage": "compare", "sweep_dir": str(folder), "jobs": len(rows),
+            "failed": sum(r["status"] != "ok" for r in rows), "table": str(folder / "compare.md")}
