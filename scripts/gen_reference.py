@@ -1,7 +1,7 @@
 """Generate docs/reference.md, the recipe key reference, from the schema's own comments.
 
 Every key of the schema (src/recipe_runner/config/schema.py) carries a trailing `# comment`, and
-every choice of an enum does too. This script reads those comments with `ast` + `tokenize`, takes
+every choice of an enum (config/choices.py) does too. This script reads those comments with `ast` + `tokenize`, takes
 the defaults from the instantiated dataclasses, walks from RunConfig down so each key comes out
 as it is spelled on the command line (`train.early_stopping.monitor`), and marks the keys that
 belong to the user (config/user_settings.py).
@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "src" / "recipe_runner" / "config" / "schema.py"
+CHOICES = SCHEMA.with_name("choices.py")  # the enums: their members' comments are the choices' meanings
 OUT = ROOT / "docs" / "reference.md"
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -120,7 +121,7 @@ def cell(text: str) -> str:
 
 class Reference:
     def __init__(self, schema: Path):
-        self.comments = read_comments(schema.read_text(encoding="utf-8"))
+        self.comments = read_comments(CHOICES.read_text(encoding="utf-8")) | read_comments(schema.read_text(encoding="utf-8"))
         self.module = load_schema(schema)
         self.sections: list[tuple[str, str, list[str]]] = []  # (path, intro, rows)
         self.missing: list[str] = []

@@ -90,3 +90,19 @@ def only_run_dir(out: Path) -> Path:
     runs = [p for p in (out / "runs").glob("*/*") if p.is_dir()]
     assert len(runs) == 1, runs
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, tiny_model, tiny_data) -> dict[str, Path]:
+    """Two finished runs on the tiny model, "alex" and "echo" (another seed and learning rate, so
+    they answer differently): their adapters carry persona.json, as any run's do."""
+    out = tmp_path_factory.mktemp("use-runs")
+    runs = {}
+    for name, seed, lr in (("alex", 0, "2e-2"), ("echo", 1, "5e-2")):
+        run_dir = out / "runs" / "alex_persona_cpu" / name
+        res = run_cli(*tiny_overrides(tiny_model, tiny_data, out, "model.quant=none", "train.max_epochs=1",
+                                      "eval.checks=false", "logger.wandb.enabled=false", f"train.seed={seed}",
+                                      f"train.lr={lr}", f"hydra.run.dir={run_dir}"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = run_dir
+    return runs

@@ -1,8 +1,10 @@
-"""One run as a sequence of stages, each a function with a typed result:
+"""One run as a sequence of stages:
 
-    prepare(cfg, run_dir)                   -> Prepared   data and its report; no weights load
-    train(cfg, prepared, run_dir, job)      -> dict       fit with the checks, adapters, summary
-    compare(cfg, run_dir)                   -> dict       a finished sweep's leaderboard
+    compare(cfg, run_dir)            -> summary    a finished sweep's leaderboard; nothing else runs
+    use(cfg, stage, run_dir)         -> summary    chat, serve or export a trained adapter (use/)
+    prepare(cfg, run_dir)            -> Prepared   data and its report; no weights load
+    train(cfg, prepared, run_dir, …) -> summary    train/fit.py's `fit` (-> Trained) with the
+                                                   checks, then summary.json and report.md
 
 `run` validates the recipe for the stage it dispatches to before anything heavy loads. Every
 component of a training run reports its own section of summary.json.
@@ -23,6 +25,7 @@ from recipe_runner.config.validate import validate
 from recipe_runner.data.manifest import write_data_files
 from recipe_runner.data.prepared import Prepared, load_prepared
 from recipe_runner.evaluate.from_recipe import eval_checks
+from recipe_runner.model.adapter_card import stamp_checks
 from recipe_runner.report import wandb_log
 from recipe_runner.report.compare import compare as compare_sweep
 from recipe_runner.report.data_report import data_sections, length_histogram, write_report
@@ -40,6 +43,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
     validate(cfg, stage)
     if stage is Stage.compare:
         return compare(cfg, run_dir)
+    if stage in USE_STAGES:
+        return use(cfg, stage, run_dir)
     L.seed_everything(cfg.train.seed, verbose=False)
     ckpt = find_checkpoint(cfg, run_dir) if stage is Stage.train else None  # a wrong path fails before data
     prepared = prepare(cfg, run_dir)
@@ -51,6 +56,22 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
 def compare(cfg: DictConfig, run_dir: Path) -> dict:
     """A finished sweep's leaderboard; nothing is trained."""
     summary = compare_sweep(cfg.sweep_dir)
+    write_summary(run_dir, summary)
+    return summary
+
+
+USE_STAGES = (Stage.chat, Stage.serve, Stage.export)
+
+
+def use(cfg: DictConfig, stage: Stage, run_dir: Path) -> dict:
+    """Talk to, serve or export what a run trained: only the adapter folders are read."""
+    if stage is Stage.chat:
+        from recipe_runner.use.chat import chat as run_stage
+    elif stage is Stage.serve:
+        from recipe_runner.use.serve import serve as run_stage
+    else:
+        from recipe_runner.use.export import export as run_stage
+    summary = {"stage": stage.value, **run_stage(cfg, run_dir)}
     write_summary(run_dir, summary)
     return summary
 
@@ -99,6 +120,7 @@ def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: s
     if trained.trainer.is_global_zero:
         write_summary(run_dir, summary)
         evals.write_outputs()
+        stamp_checks(run_dir / "adapters", evals.history, trained.adapters.best_epoch)
         write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest),
                      training_sections(run_dir, summary, evals.history, evals.baseline))
         wandb_log.log_summary(experiment, summary)

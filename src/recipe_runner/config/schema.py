@@ -8,80 +8,13 @@ its full key path, before any model or data is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
-
-class Quant(str, Enum):
-    nf4 = "nf4"  # QLoRA: 4-bit NormalFloat base weights, LoRA adapters in higher precision
-    fp4 = "fp4"  # 4-bit float base weights (rarely better than nf4)
-    none = "none"  # plain LoRA on full-precision base weights
-
-
-class Format(str, Enum):
-    chat_jsonl = "chat_jsonl"  # {"messages": [{"role", "content"}, ...]} per line (or a .json array)
-    sharegpt = "sharegpt"  # {"conversations": [{"from", "value"}, ...]}; speakers mapped by role_names
-    alpaca = "alpaca"  # {"instruction", "input", "output", "system"?, "history"?: [[q, a], ...]}
-    text = "text"  # a .txt/.md file or a folder of them, chunked by tokens
-    text_jsonl = "text_jsonl"  # {"text": ...} per line, chunked by tokens
-    table = "table"  # .csv or .parquet through `columns` (streamed in Arrow record batches)
-    hf_dataset = "hf_dataset"  # a `datasets` dataset: a save_to_disk folder, or a hub name; `split`, `subset`, `columns`
-
-
-class BadLine(str, Enum):
-    error = "error"  # stop at the first malformed line, naming file and line
-    skip = "skip"  # skip malformed lines and count them in the mix table
-
-
-class Role(str, Enum):
-    niche = "niche"  # the persona / style corpus the run is about
-    general = "general"  # ordinary data mixed in so the model does not forget
-
-
-class SystemPrompt(str, Enum):
-    persona = "persona"  # the persona bible rendered through template.persona.system_prompt
-    keep = "keep"  # whatever the data carries (or the chat template's own default)
-
-
-class Loss(str, Enum):
-    ce = "ce"  # cross-entropy on supervised tokens
-    eaft = "eaft"  # entropy-adaptive: CE x normalised top-k entropy of the prediction (arXiv 2601.02151)
-
-
-class TrainOn(str, Enum):
-    assistant = "assistant"  # loss on assistant turns (+ their end-of-turn token) only
-    all = "all"  # loss on every token, prompts included
-
-
-class Stage(str, Enum):
-    train = "train"  # the whole pipeline: data, training with the checks, adapters, summary
-    prepare = "prepare"  # data only: mix, cleaning and length reports, held-out sets; no weights load
-    compare = "compare"  # a finished sweep's leaderboard (sweep_dir); nothing is trained
-
-
-class Strategy(str, Enum):
-    auto = "auto"  # one process on one device
-    ddp = "ddp"  # one process per device (gloo on CPU, nccl on GPU), each holding the whole model
-    fsdp = "fsdp"  # ddp's processes, each holding 1/N of the weights (FSDP2)
-
-
-# Lightning's names hold hyphens, which a class body cannot spell; OmegaConf matches member
-# names, so the functional form keeps `train.precision=bf16-mixed` working on the command line.
-Precision = Enum("Precision", [
-    ("auto", "auto"),  # bf16-mixed where the hardware has bf16, else 16-mixed (GPU) / 32-true (CPU)
-    ("32-true", "32-true"),  # float32 everywhere
-    ("bf16-mixed", "bf16-mixed"),  # bfloat16 autocast (Ampere or newer; CPUs with AVX512-BF16/AMX)
-    ("16-mixed", "16-mixed"),  # float16 autocast with a gradient scaler (GPU only, not with fsdp)
-], type=str)
-
-
-class WandbMode(str, Enum):
-    auto = "auto"  # online only if the environment says WANDB_MODE=online, else offline files
-    offline = "offline"  # run files under the run folder; `wandb sync` uploads them later
-    online = "online"  # stream to the W&B server (a user setting, never a recipe's)
-    disabled = "disabled"  # no W&B at all (same as enabled: false)
+from recipe_runner.config.choices import (  # noqa: F401 - re-exported: the schema's vocabulary
+    BadLine, ExportFormat, Format, Loss, MixUnit, Precision, Quant, Role, Stage, Strategy, SystemPrompt, TrainOn, WandbMode,
+)
 
 
 @dataclass
@@ -133,11 +66,6 @@ class CleanConfig:
     near_dup_threshold: float = 0.7  # estimated Jaccard (word 3-grams) at which two examples count as one
     decontaminate: bool = True  # drop training examples that near-duplicate any held-out example
     keep_samples: int = 3  # dropped examples kept per filter and source, for inspection
-
-
-class MixUnit(str, Enum):
-    tokens = "tokens"  # general_ratio counts tokens (1:10 = ten general tokens per niche token)
-    examples = "examples"  # general_ratio counts examples
 
 
 @dataclass
@@ -283,11 +211,41 @@ class PathsConfig:
 
 
 @dataclass
+class SamplingConfig:
+    temperature: float = 0.7  # 0 = greedy; chat's and serve's default (a request may set its own)
+    top_p: float = 0.9  # nucleus sampling: the smallest set of tokens holding this probability
+    max_new_tokens: int = 256  # per reply (serve: the default max_tokens of a request)
+    repetition_penalty: float = 1.1  # over the reply's own tokens, never the prompt's (1.0 = off)
+    seed: Optional[int] = None  # fixes the sampling for reproducible replies (null = fresh each time)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # address to bind: this machine only unless you choose otherwise
+    port: int = 8000  # TCP port
+    adapters: Dict[str, str] = field(default_factory=dict)  # model name -> adapter (folder, run folder or last); empty = `adapter`
+    api_key_env: Optional[str] = None  # environment variable holding the key clients must send as Bearer (null = no key)
+    max_body_bytes: int = 65536  # larger request bodies get 413
+    max_tokens: int = 512  # cap on a request's max_tokens
+    max_context_tokens: int = 2048  # prompt + max_tokens; longer requests get 400
+    max_concurrent: int = 1  # generations running at once (each takes a CPU core's worth of work)
+    max_queue: int = 8  # requests waiting for a slot; beyond that, 429
+
+
+@dataclass
+class ExportConfig:
+    format: ExportFormat = ExportFormat.merged  # what to write
+    out: Optional[str] = None  # the folder to write (null = export/<format> beside the adapter's run)
+    gguf_types: List[str] = field(default_factory=lambda: ["f16", "q8_0"])  # gguf: one file per type (f16, q8_0)
+
+
+@dataclass
 class RunConfig:
     name: str = "unnamed"  # recipe name: folders, W&B run names and tags
     description: str = ""  # one line shown by --cfg and in the W&B config
     stage: Stage = Stage.train  # what the run does
     sweep_dir: Optional[str] = None  # stage=compare: the sweep folder (outputs/sweeps/<recipe>/<time>)
+    adapter: Optional[str] = None  # stage=chat/serve/export: an adapter folder, a run folder (its adapters/best), or last
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
@@ -296,6 +254,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # chat and serve: how replies are sampled
+    serve: ServeConfig = field(default_factory=ServeConfig)  # stage=serve
+    export: ExportConfig = field(default_factory=ExportConfig)  # stage=export
 
 
 def register() -> None:

@@ -37,6 +37,9 @@ USER_SETTINGS = {
     "logger.wandb.entity": "the W&B team or user your run is uploaded to",
     "logger.wandb.project": "the W&B project (and so its visibility) your run is uploaded to",
     "paths": "where runs and caches are written on your disk",
+    "serve.host": "which network interfaces your server (and your personas) are reachable on",
+    "serve.api_key_env": "which environment variable holds the key your server checks",
+    "export.out": "where exported models are written on your disk",
 }
 
 

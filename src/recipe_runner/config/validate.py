@@ -41,6 +41,11 @@ def validate(cfg: DictConfig, stage: Stage | str | None = None) -> None:
         if not cfg.sweep_dir:
             raise RecipeErrors(["stage=compare needs sweep_dir=outputs/sweeps/<recipe>/<time>"])
         return
+    if stage in (Stage.chat, Stage.serve, Stage.export):
+        problems = use_problems(cfg, stage)
+        if problems:
+            raise RecipeErrors(problems)
+        return
     problems = recipe_problems(cfg) + train_problems(cfg) + eval_problems(cfg)
     if problems:
         raise RecipeErrors(problems)
@@ -162,4 +167,32 @@ def eval_problems(cfg: DictConfig) -> list[str]:
     if e.judge.enabled:
         if not os.environ.get(e.judge.api_key_env):
             out.append(f"eval.judge.enabled=true but ${e.judge.api_key_env} is empty (eval.judge.api_key_env)")
+    return out
+
+
+def use_problems(cfg: DictConfig, stage: Stage) -> list[str]:
+    """chat, serve and export: an adapter to use, sane sampling and server limits. The adapter
+    folders themselves are checked when they are resolved (model/adapter_card.py), before loading."""
+    out, s, v = [], cfg.sampling, cfg.serve
+    several = stage is Stage.serve and v.adapters
+    if not cfg.adapter and not several:
+        out.append(f"stage={stage.value} needs adapter=<adapter folder | run folder | last>"
+                   + (" or serve.adapters='{name: folder, ...}'" if stage is Stage.serve else ""))
+    if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_new_tokens < 1 or s.repetition_penalty <= 0:
+        out.append(f"sampling: temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, repetition_penalty > 0 "
+                   f"(got {s.temperature}, {s.top_p}, {s.max_new_tokens}, {s.repetition_penalty})")
+    if stage is Stage.serve:
+        if not 0 < v.port < 65536:
+            out.append(f"serve.port={v.port}: must be 1-65535")
+        for key in ("max_body_bytes", "max_tokens", "max_context_tokens", "max_concurrent"):
+            if v[key] < 1:
+                out.append(f"serve.{key}={v[key]}: must be >= 1")
+        if v.max_queue < 0:
+            out.append(f"serve.max_queue={v.max_queue}: must be >= 0")
+        if v.api_key_env and not os.environ.get(v.api_key_env):
+            out.append(f"serve.api_key_env={v.api_key_env} but ${v.api_key_env} is empty")
+    if stage is Stage.export:
+        bad = [t for t in cfg.export.gguf_types if t not in ("f16", "q8_0")]
+        if bad:
+            out.append(f"export.gguf_types: {bad} unknown; choose from [f16, q8_0]")
     return out

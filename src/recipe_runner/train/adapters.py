@@ -9,6 +9,7 @@ from typing import Protocol
 
 import lightning as L
 
+from recipe_runner.model.adapter_card import write_card
 from recipe_runner.train.sharding import save_adapter
 
 
@@ -52,8 +53,8 @@ class AdapterPerEpoch(L.Callback):
     loads with `PeftModel.from_pretrained(base, folder)`.
     """
 
-    def __init__(self, folder: Path, selection: Selection):
-        self.folder, self.selection = Path(folder), selection
+    def __init__(self, folder: Path, selection: Selection, card: dict | None = None):
+        self.folder, self.selection, self.card = Path(folder), selection, card  # card: model/adapter_card.py
         self.best_score: float | None = None
         self.best_epoch: int | None = None
 
@@ -69,6 +70,8 @@ class AdapterPerEpoch(L.Callback):
         save_adapter(pl_module.model, target, trainer.is_global_zero)  # every rank: under fsdp a gathering
         if not trainer.is_global_zero:
             return
+        if self.card is not None:
+            write_card(target, self.card, epoch=epoch, run_dir=str(self.folder.parent))
         score = self.selection.score(trainer)
         if score is None:
             return

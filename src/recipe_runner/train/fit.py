@@ -17,6 +17,7 @@ from recipe_runner.config.schema import Role, Strategy
 from recipe_runner.data.batches import MixDataModule
 from recipe_runner.data.prepared import Prepared
 from recipe_runner.errors import RecipeError
+from recipe_runner.model.adapter_card import run_card, write_card
 from recipe_runner.model.qlora import build_model
 from recipe_runner.train.adapters import AdapterPerEpoch, MetricSelection, Selection
 from recipe_runner.train.log_progress import LogProgress
@@ -65,11 +66,11 @@ def build_training(cfg: DictConfig, prepared: Prepared) -> tuple:
     return model, dm, module
 
 
-def callbacks(cfg: DictConfig, run_dir: Path, evals: L.Callback, selection: Selection) -> list[L.Callback]:
+def callbacks(cfg: DictConfig, run_dir: Path, evals: L.Callback, selection: Selection, card: dict) -> list[L.Callback]:
     t = cfg.train
     out = [
         evals,
-        AdapterPerEpoch(run_dir / "adapters", selection),
+        AdapterPerEpoch(run_dir / "adapters", selection, card),
         L.pytorch.callbacks.ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
                                             every_n_train_steps=t.checkpoint_every_n_steps or None),
         L.pytorch.callbacks.EarlyStopping(monitor=t.early_stopping.monitor, mode="min",
@@ -125,10 +126,12 @@ class Trained:
 
 
 def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list, ckpt: str | None) -> Trained:
-    """Train with the evaluation callback `evals` (the selection too, when it `selects`)."""
+    """Train with the evaluation callback `evals` (the selection too, when it `selects`); every
+    adapter saved carries the run's card (persona.json)."""
     model, dm, module = build_training(cfg, prepared)
     selection = evals if evals.selects else MetricSelection(cfg.train.early_stopping.monitor)
-    cbs = callbacks(cfg, run_dir, evals, selection)
+    card = run_card(cfg, prepared.tokenizer, prepared.model_path)
+    cbs = callbacks(cfg, run_dir, evals, selection, card)
     trainer = trainer_for(cfg, run_dir, prepared.precision, loggers, cbs)
     started = time.time()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
@@ -136,4 +139,6 @@ def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list
     if "val/loss" not in trainer.callback_metrics:  # max_steps ended the run before any validation
         trainer.validate(module, datamodule=dm, verbose=False)
     save_adapter(module.model, run_dir / "adapters" / "last", trainer.is_global_zero)  # every rank: fsdp gathers
+    if trainer.is_global_zero:
+        write_card(run_dir / "adapters" / "last", card, epoch=None, step=trainer.global_step, run_dir=str(run_dir))
     return Trained(trainer, module, dm, cbs[1], seconds, ckpt)

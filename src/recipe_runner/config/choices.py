@@ -1,0 +1,92 @@
+"""The choices of the schema: every allowed value of a key, each with a one-line comment.
+
+OmegaConf enforces them at composition: a wrong value fails naming the key and the allowed
+values. docs/reference.md lists each value with its comment (scripts/gen_reference.py).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Quant(str, Enum):
+    nf4 = "nf4"  # QLoRA: 4-bit NormalFloat base weights, LoRA adapters in higher precision
+    fp4 = "fp4"  # 4-bit float base weights (rarely better than nf4)
+    none = "none"  # plain LoRA on full-precision base weights
+
+
+class Format(str, Enum):
+    chat_jsonl = "chat_jsonl"  # {"messages": [{"role", "content"}, ...]} per line (or a .json array)
+    sharegpt = "sharegpt"  # {"conversations": [{"from", "value"}, ...]}; speakers mapped by role_names
+    alpaca = "alpaca"  # {"instruction", "input", "output", "system"?, "history"?: [[q, a], ...]}
+    text = "text"  # a .txt/.md file or a folder of them, chunked by tokens
+    text_jsonl = "text_jsonl"  # {"text": ...} per line, chunked by tokens
+    table = "table"  # .csv or .parquet through `columns` (streamed in Arrow record batches)
+    hf_dataset = "hf_dataset"  # a `datasets` dataset: a save_to_disk folder, or a hub name; `split`, `subset`, `columns`
+
+
+class BadLine(str, Enum):
+    error = "error"  # stop at the first malformed line, naming file and line
+    skip = "skip"  # skip malformed lines and count them in the mix table
+
+
+class Role(str, Enum):
+    niche = "niche"  # the persona / style corpus the run is about
+    general = "general"  # ordinary data mixed in so the model does not forget
+
+
+class SystemPrompt(str, Enum):
+    persona = "persona"  # the persona bible rendered through template.persona.system_prompt
+    keep = "keep"  # whatever the data carries (or the chat template's own default)
+
+
+class Loss(str, Enum):
+    ce = "ce"  # cross-entropy on supervised tokens
+    eaft = "eaft"  # entropy-adaptive: CE x normalised top-k entropy of the prediction (arXiv 2601.02151)
+
+
+class TrainOn(str, Enum):
+    assistant = "assistant"  # loss on assistant turns (+ their end-of-turn token) only
+    all = "all"  # loss on every token, prompts included
+
+
+class Stage(str, Enum):
+    train = "train"  # the whole pipeline: data, training with the checks, adapters, summary
+    prepare = "prepare"  # data only: mix, cleaning and length reports, held-out sets; no weights load
+    compare = "compare"  # a finished sweep's leaderboard (sweep_dir); nothing is trained
+    chat = "chat"  # talk to a trained persona in the terminal (adapter=...)
+    serve = "serve"  # an OpenAI-compatible HTTP server: one base model, several persona adapters
+    export = "export"  # the adapter folded into its base: a transformers folder or GGUF files
+
+
+class Strategy(str, Enum):
+    auto = "auto"  # one process on one device
+    ddp = "ddp"  # one process per device (gloo on CPU, nccl on GPU), each holding the whole model
+    fsdp = "fsdp"  # ddp's processes, each holding 1/N of the weights (FSDP2)
+
+
+# Lightning's names hold hyphens, which a class body cannot spell; OmegaConf matches member
+# names, so the functional form keeps `train.precision=bf16-mixed` working on the command line.
+Precision = Enum("Precision", [
+    ("auto", "auto"),  # bf16-mixed where the hardware has bf16, else 16-mixed (GPU) / 32-true (CPU)
+    ("32-true", "32-true"),  # float32 everywhere
+    ("bf16-mixed", "bf16-mixed"),  # bfloat16 autocast (Ampere or newer; CPUs with AVX512-BF16/AMX)
+    ("16-mixed", "16-mixed"),  # float16 autocast with a gradient scaler (GPU only, not with fsdp)
+], type=str)
+
+
+class WandbMode(str, Enum):
+    auto = "auto"  # online only if the environment says WANDB_MODE=online, else offline files
+    offline = "offline"  # run files under the run folder; `wandb sync` uploads them later
+    online = "online"  # stream to the W&B server (a user setting, never a recipe's)
+    disabled = "disabled"  # no W&B at all (same as enabled: false)
+
+
+class MixUnit(str, Enum):
+    tokens = "tokens"  # general_ratio counts tokens (1:10 = ten general tokens per niche token)
+    examples = "examples"  # general_ratio counts examples
+
+
+class ExportFormat(str, Enum):
+    merged = "merged"  # a plain transformers folder (safetensors) with the adapter folded in; no peft needed
+    gguf = "gguf"  # GGUF files for llama.cpp / Ollama (export.gguf_types) and an Ollama Modelfile

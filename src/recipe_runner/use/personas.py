@@ -1,0 +1,159 @@
+"""One base model with several persona adapters on it: what chat and serve talk to.
+
+The base loads once, in full precision; each adapter is a named peft adapter on it, and every
+generation names its adapter (peft's `adapter_names`), so replies for different personas can
+run at the same time without switching a global "active adapter". `base` is the model with no
+adapter. Each persona speaks with the system prompt and chat template it trained with (its
+persona.json); the base answers with the whole bible as its prompt when asked for a baseline.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from recipe_runner.errors import RecipeError
+from recipe_runner.model.adapter_card import read_card, weights_sha256
+from recipe_runner.model.embedded import resolve_model_path
+
+BASE = "base"  # the model name of the base with no adapter (peft's "__base__")
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.7  # 0 = greedy
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.1  # reply tokens only
+    seed: int | None = None
+
+    @classmethod
+    def from_config(cls, scfg) -> "Sampling":
+        return cls(float(scfg.temperature), float(scfg.top_p), int(scfg.max_new_tokens),
+                   float(scfg.repetition_penalty), scfg.seed)
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens)
+
+
+class Personas:
+    def __init__(self, adapters: dict[str, Path], cache_dir: str, device: str | None = None):
+        """adapters: model name -> adapter folder (already resolved); all must share one base."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not adapters:
+            raise RecipeError("no adapter to load: set adapter=<folder|run folder|last> or serve.adapters")
+        if BASE in adapters:
+            raise RecipeError(f"serve.adapters: {BASE!r} is reserved for the base model without an adapter")
+        self.folders = {n: Path(p) for n, p in adapters.items()}
+        self.cards = {n: read_card(p) for n, p in self.folders.items()}
+        first = next(iter(self.cards))
+        base = self.cards[first]["base"]
+        for name, card in self.cards.items():
+            if (card["base"]["name_or_path"], card["base"]["weights_sha256"]) != (base["name_or_path"],
+                                                                                   base["weights_sha256"]):
+                raise RecipeError(f"adapter {name} ({self.folders[name]}) was trained on {card['base']['name_or_path']}, "
+                                  f"adapter {first} on {base['name_or_path']}: one server holds one base")
+        self.model_path = resolve_model_path(base["name_or_path"], cache_dir)
+        local = weights_sha256(self.model_path)
+        if base["weights_sha256"] and local and local != base["weights_sha256"]:
+            raise RecipeError(f"adapter {first} ({self.folders[first]}) was trained on a base whose weights differ "
+                              f"from {self.model_path} (sha256 {base['weights_sha256'][:12]} vs {local[:12]})")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device)
+        for i, (name, folder) in enumerate(self.folders.items()):
+            model = PeftModel.from_pretrained(model, folder, adapter_name=name) if i == 0 else model
+            if i > 0:
+                model.load_adapter(folder, adapter_name=name)
+        self.model = model.eval()
+        self.lock = threading.Lock()  # the tokenizer's chat template is swapped per request
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.cards, BASE]
+
+    def quantized_in_training(self) -> list[str]:
+        """Adapters trained on a 4-bit base: served on the full-precision one, replies can differ slightly."""
+        return [n for n, c in self.cards.items() if c["base"].get("quant_in_training", "none") != "none"]
+
+    def system_prompt(self, name: str, baseline_of: str | None = None) -> str | None:
+        """A persona's training system prompt; for `base` with baseline_of, the whole bible of that persona."""
+        if name != BASE:
+            return self.cards[name]["system_prompt"]
+        if baseline_of is None:
+            return None
+        from recipe_runner.evaluate.checker import bible_prompt
+
+        bible = self.cards[baseline_of].get("bible") or {}
+        return bible_prompt(bible) if bible else self.cards[baseline_of]["system_prompt"]
+
+    def encode(self, name: str, messages: list[dict]) -> torch.Tensor:
+        """The conversation through the chat template the persona trained with, ending in the reply's prompt."""
+        card = self.cards.get(name) or next(iter(self.cards.values()))
+        with self.lock:
+            self.tokenizer.chat_template = card["chat_template"] or self.tokenizer.chat_template
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+    def stream(self, name: str, messages: list[dict], sampling: Sampling) -> Iterator[str]:
+        """Yield the reply's text as it is generated; the last item is a Reply with the counts."""
+        from transformers import TextIteratorStreamer
+
+        if name not in self.names:
+            raise KeyError(name)
+        ids = self.encode(name, messages).to(self.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+        worker = threading.Thread(target=self._generate, args=(name, ids, sampling, streamer, result), daemon=True)
+        worker.start()
+        parts = []
+        for piece in streamer:
+            if piece:
+                parts.append(piece)
+                yield piece
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        yield Reply("".join(parts).strip(), ids.shape[1], result["tokens"], result["finish"])
+
+    def reply(self, name: str, messages: list[dict], sampling: Sampling) -> Reply:
+        *_, last = self.stream(name, messages, sampling)
+        return last
+
+    def _generate(self, name: str, ids: torch.Tensor, s: Sampling, streamer, result: dict) -> None:
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        from recipe_runner.evaluate.generation import stop_ids
+
+        try:
+            if s.seed is not None:
+                torch.manual_seed(s.seed)
+            penalty = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(
+                s.repetition_penalty, prompt_ignore_length=ids.shape[1])]) if s.repetition_penalty != 1.0 else None
+            sample = s.temperature > 0
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.max_new_tokens,
+                    do_sample=sample, temperature=s.temperature if sample else None, top_p=s.top_p if sample else None,
+                    logits_processor=penalty, eos_token_id=stop_ids(self.tokenizer), streamer=streamer,
+                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    adapter_names=["__base__" if name == BASE else name])
+            new = out[0, ids.shape[1]:]
+            stops = set(stop_ids(self.tokenizer))
+            result["tokens"] = int(new.shape[0])
+            result["finish"] = "stop" if new.numel() and int(new[-1]) in stops else "length"
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, which raises it
+            result["error"] = exc
+            streamer.end()
