@@ -58,27 +58,43 @@ class Personas:
         self.folders = {n: Path(p) for n, p in adapters.items()}
         self.cards = {n: read_card(p) for n, p in self.folders.items()}
         first = next(iter(self.cards))
-        base = self.cards[first]["base"]
-        for name, card in self.cards.items():
-            if (card["base"]["name_or_path"], card["base"]["weights_sha256"]) != (base["name_or_path"],
-                                                                                   base["weights_sha256"]):
-                raise RecipeError(f"adapter {name} ({self.folders[name]}) was trained on {card['base']['name_or_path']}, "
-                                  f"adapter {first} on {base['name_or_path']}: one server holds one base")
-        self.model_path = resolve_model_path(base["name_or_path"], cache_dir)
+        self.base = self.cards[first]["base"]
+        for name in self.cards:
+            self.check_base(name, self.cards[name])
+        self.model_path = resolve_model_path(self.base["name_or_path"], cache_dir)
         local = weights_sha256(self.model_path)
-        if base["weights_sha256"] and local and local != base["weights_sha256"]:
+        if self.base["weights_sha256"] and local and local != self.base["weights_sha256"]:
             raise RecipeError(f"adapter {first} ({self.folders[first]}) was trained on a base whose weights differ "
-                              f"from {self.model_path} (sha256 {base['weights_sha256'][:12]} vs {local[:12]})")
+                              f"from {self.model_path} (sha256 {self.base['weights_sha256'][:12]} vs {local[:12]})")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device)
-        for i, (name, folder) in enumerate(self.folders.items()):
-            model = PeftModel.from_pretrained(model, folder, adapter_name=name) if i == 0 else model
-            if i > 0:
-                model.load_adapter(folder, adapter_name=name)
+        model = PeftModel.from_pretrained(model, self.folders[first], adapter_name=first)
+        for name, folder in list(self.folders.items())[1:]:
+            model.load_adapter(folder, adapter_name=name)
         self.model = model.eval()
         self.lock = threading.Lock()  # the tokenizer's chat template is swapped per request
+
+    def check_base(self, name: str, card: dict) -> None:
+        """One model holds one base: an adapter trained on another is refused, naming both."""
+        if (card["base"]["name_or_path"], card["base"]["weights_sha256"]) != (self.base["name_or_path"],
+                                                                               self.base["weights_sha256"]):
+            raise RecipeError(f"adapter {name} was trained on {card['base']['name_or_path']} "
+                              f"(weights {str(card['base']['weights_sha256'])[:12]}), but the loaded base is "
+                              f"{self.base['name_or_path']} (weights {str(self.base['weights_sha256'])[:12]})")
+
+    def add(self, name: str, folder: Path) -> None:
+        """Load one more adapter onto the same base (chat's /switch)."""
+        if name == BASE:
+            raise RecipeError(f"{BASE!r} is reserved for the base model without an adapter")
+        card = read_card(folder)
+        self.check_base(name, card)
+        if name in self.cards:
+            self.model.delete_adapter(name)
+        self.model.load_adapter(folder, adapter_name=name)
+        self.model.eval()
+        self.folders[name], self.cards[name] = Path(folder), card
 
     @property
     def names(self) -> list[str]:
