@@ -259,8 +259,19 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)  # stage=export
 
 
+def run_folder(stage, name: str) -> str:
+    """hydra.run.dir's middle part: a training stage's folder is the recipe's run, runs/<recipe>;
+    talking to, serving or exporting an adapter is not a run of the recipe: use/<stage>."""
+    stage = Stage(getattr(stage, "value", stage))
+    return f"use/{stage.value}" if stage in (Stage.chat, Stage.serve, Stage.export) else f"runs/{name}"
+
+
 def register() -> None:
+    from omegaconf import OmegaConf
+
     ConfigStore.instance().store(name="schema", node=RunConfig)
+    if not OmegaConf.has_resolver("run_folder"):
+        OmegaConf.register_new_resolver("run_folder", run_folder)
 
 
 def drop_null_sources(cfg) -> None:

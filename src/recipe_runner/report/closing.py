@@ -9,10 +9,17 @@ from recipe_runner.report.run_report import cell, ci_text, fmt, forgetting, pers
 
 
 def closing_lines(run_dir: Path, s: dict) -> None:
+    if s.get("stage") in ("chat", "serve"):  # they said goodbye themselves
+        return
     console.rule("[bold]done")
     console.print(f"run folder     {run_dir}")
     if s.get("stage") == "compare":
         console.print(f"leaderboard    {s['table']} (+ compare.csv, plots) for {s['jobs']} jobs, {s['failed']} failed")
+        return
+    if s.get("stage") == "export":
+        console.print(f"exported       {s.get('format')} -> {s.get('out')}")
+        for f in s.get("files", []):
+            console.print(f"  {f}")
         return
     if s.get("stage") == "prepare":
         console.print(f"held-out sets  {run_dir / 'heldout'}")
