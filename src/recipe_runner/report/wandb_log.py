@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from recipe_runner.config.schema import WandbMode
-from recipe_runner.data.mixing import Mix
-from recipe_runner.report.mix_table import MIX_COLUMNS, filters_of, mix_cells
+
+if TYPE_CHECKING:  # datasets is heavy: the CLI imports this module for every stage (finish())
+    from recipe_runner.data.mixing import Mix
 
 
 def wandb_enabled(cfg: DictConfig) -> tuple[bool, bool]:
@@ -64,6 +66,8 @@ def experiment_of(loggers: list):
 def log_mix(experiment, m: Mix, run_dir: Path) -> None:
     """The mix table (with the cleaning counts) and the length histogram, on the run's page."""
     import wandb
+
+    from recipe_runner.report.mix_table import MIX_COLUMNS, filters_of, mix_cells
 
     filters = filters_of(m)
     table = wandb.Table(columns=MIX_COLUMNS + [f"dropped {f}" for f in filters],

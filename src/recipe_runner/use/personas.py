@@ -132,13 +132,18 @@ class Personas:
         ids = self.encode(name, messages).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
-        worker = threading.Thread(target=self._generate, args=(name, ids, sampling, streamer, result), daemon=True)
+        stop = threading.Event()  # set when the caller stops reading (Ctrl-C in chat, a client gone in serve)
+        worker = threading.Thread(target=self._generate, args=(name, ids, sampling, streamer, result, stop),
+                                  daemon=True)
         worker.start()
         parts = []
-        for piece in streamer:
-            if piece:
-                parts.append(piece)
-                yield piece
+        try:
+            for piece in streamer:
+                if piece:
+                    parts.append(piece)
+                    yield piece
+        finally:
+            stop.set()  # a generator closed early stops generating at the next token
         worker.join()
         if "error" in result:
             raise result["error"]
@@ -148,8 +153,14 @@ class Personas:
         *_, last = self.stream(name, messages, sampling)
         return last
 
-    def _generate(self, name: str, ids: torch.Tensor, s: Sampling, streamer, result: dict) -> None:
-        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+    def _generate(self, name: str, ids: torch.Tensor, s: Sampling, streamer, result: dict,
+                  stop: threading.Event) -> None:
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria
+        from transformers import StoppingCriteriaList
+
+        class Stopped(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
         from recipe_runner.evaluate.generation import stop_ids
 
@@ -164,6 +175,7 @@ class Personas:
                     input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=s.max_new_tokens,
                     do_sample=sample, temperature=s.temperature if sample else None, top_p=s.top_p if sample else None,
                     logits_processor=penalty, eos_token_id=stop_ids(self.tokenizer), streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([Stopped()]),
                     pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                     adapter_names=["__base__" if name == BASE else name])
             new = out[0, ids.shape[1]:]

@@ -1,0 +1,88 @@
+"""The training pipeline's stages: prepare (data, no weights) and train (fit, checks, summary).
+
+Imported by runner.py only for stage=prepare and stage=train: torch, Lightning and datasets
+load here, not when chatting, serving or exporting.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from recipe_runner.config.schema import Stage
+from recipe_runner.data.manifest import write_data_files
+from recipe_runner.data.prepared import Prepared, load_prepared
+from recipe_runner.evaluate.from_recipe import eval_checks
+from recipe_runner.model.adapter_card import stamp_checks
+from recipe_runner.report import wandb_log
+from recipe_runner.report.data_report import data_sections, length_histogram, write_report
+from recipe_runner.report.mix_table import mix_table
+from recipe_runner.report.run_report import training_sections
+from recipe_runner.report.summary import write_summary
+from recipe_runner.train.fit import find_checkpoint, fit
+from recipe_runner.train.launch import launch_rank
+
+
+def run(cfg: DictConfig, stage: Stage, run_dir: Path, job: dict, started: float) -> dict:
+    L.seed_everything(cfg.train.seed, verbose=False)
+    ckpt = find_checkpoint(cfg, run_dir) if stage is Stage.train else None  # a wrong path fails before data
+    prepared = prepare(cfg, run_dir)
+    if stage is Stage.prepare:
+        return prepare_summary(cfg, prepared, run_dir, job, started)
+    return train(cfg, prepared, run_dir, job, ckpt, started)
+
+
+def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
+    """Read, clean, tokenize and mix the sources; rank 0 writes the files people read about them."""
+    prepared = load_prepared(cfg)
+    if launch_rank() == 0:  # files shared by all ranks are written once
+        mix_table(prepared.mix, run_dir)
+        write_data_files(run_dir, prepared.mix, prepared.manifest)
+        length_histogram(prepared.mix, cfg.data.max_length, run_dir / "lengths.png")
+        write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest))
+    return prepared
+
+
+def prepare_summary(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, started: float) -> dict:
+    """stage=prepare ends here: the mix on W&B (a plain run) and a short summary.json."""
+    experiment = wandb_log.start_run(cfg, run_dir, job, job_type="prepare")
+    if experiment is not None:
+        wandb_log.log_mix(experiment, prepared.mix, run_dir)
+    summary = {"stage": Stage.prepare.value, "recipe": cfg.name, "run_dir": str(run_dir),
+               "manifest_sha256": prepared.manifest["manifest_sha256"],
+               "train_mix_sha256": prepared.manifest["train_mix_sha256"],
+               "general_to_niche_ratio": prepared.mix.ratio, "wall_seconds": time.time() - started}
+    write_summary(run_dir, summary)
+    return summary
+
+
+def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: str | None, started: float) -> dict:
+    """Fit with the evaluation callback; rank 0 writes summary.json, checks.csv and report.md."""
+    evals = eval_checks(cfg, prepared.tokenizer, prepared.mix, run_dir)
+    loggers = [L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs", version="")]
+    loggers += [lg for lg in [wandb_log.lightning_logger(cfg, run_dir, job)] if lg is not None]
+    experiment = wandb_log.experiment_of(loggers) if launch_rank() == 0 else None
+    if experiment is not None:
+        wandb_log.log_mix(experiment, prepared.mix, run_dir)
+    trained = fit(cfg, prepared, run_dir, evals, loggers, ckpt)
+    best_epoch = trained.adapters.best_epoch
+    summary = {"stage": Stage.train.value, "recipe": cfg.name, "run_dir": str(run_dir),
+               **prepared.summary(), **trained.adapters.summary(run_dir), **evals.summary(best_epoch),
+               **trained.summary(cfg), "precision": prepared.precision,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+               "wall_seconds": time.time() - started}
+    summary["eval_fraction"] = evals.seconds / summary["wall_seconds"]
+    if trained.trainer.is_global_zero:
+        write_summary(run_dir, summary)
+        evals.write_outputs()
+        stamp_checks(run_dir / "adapters", evals.history, trained.adapters.best_epoch)
+        write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest),
+                     training_sections(run_dir, summary, evals.history, evals.baseline))
+        wandb_log.log_summary(experiment, summary)
+    return summary
