@@ -17,9 +17,7 @@ def closing_lines(run_dir: Path, s: dict) -> None:
         console.print(f"leaderboard    {s['table']} (+ compare.csv, plots) for {s['jobs']} jobs, {s['failed']} failed")
         return
     if s.get("stage") == "export":
-        console.print(f"exported       {s.get('format')} -> {s.get('out')}")
-        for f in s.get("files", []):
-            console.print(f"  {f}")
+        console.print(f"exported       {s.get('format')} -> {s.get('out')} ({len(s.get('files', []))} files, listed above)")
         return
     if s.get("stage") == "prepare":
         console.print(f"held-out sets  {run_dir / 'heldout'}")
