@@ -110,8 +110,15 @@ def main() -> None:
     modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run")]
     if len({m.lstrip("-")[0] for m in modes}) > 1:
         raise_user(f"{' and '.join(modes)}: choose one (--cfg prints one job's config: drop -m to see it)")
-    sys.argv = [sys.argv[0], *_name_jobs_by_swept_keys(argv)]
+    sys.argv = [sys.argv[0], *_name_jobs_by_swept_keys(_force_add_mappings(argv))]
     _hydra_main()
+
+
+def _force_add_mappings(argv: list[str]) -> list[str]:
+    """`serve.adapters={alex: RUN, other: RUN}` sets a mapping of the user's own names: Hydra merges
+    a plain override into the schema's (empty) mapping and refuses new keys, so it goes in as `++`."""
+    return ["++" + a if _is_override(a) and a[0] not in "+~" and a.split("=", 1)[1].lstrip().startswith("{")
+            else a for a in argv]
 
 
 def _is_override(arg: str) -> bool:
