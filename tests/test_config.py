@@ -125,7 +125,7 @@ def test_help_names_the_stages_commands_and_outputs():
 
 
 @pytest.mark.parametrize("override,allowed", [
-    ("stage=evaluate", "[train, prepare, compare]"),
+    ("stage=evaluate", "[train, prepare, compare, chat, serve, export]"),
     ("train.strategy=deepspeed", "[auto, ddp, fsdp]"),
     ("train.precision=bf16", "[auto, 32-true, bf16-mixed, 16-mixed]"),
     ("logger.wandb.mode=cloud", "[auto, offline, online, disabled]"),
