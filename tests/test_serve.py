@@ -201,7 +201,7 @@ class FakePersonas:
 
         return torch.zeros(1, 5, dtype=torch.long)
 
-    def stream(self, name, messages, sampling):
+    def stream(self, name, messages, sampling, ids=None):
         from recipe_runner.use.personas import Reply
 
         yield " hello"
@@ -210,8 +210,8 @@ class FakePersonas:
         yield " world "
         yield Reply("hello world", 5, 2, "stop")
 
-    def reply(self, name, messages, sampling):
-        *_, last = self.stream(name, messages, sampling)
+    def reply(self, name, messages, sampling, ids=None):
+        *_, last = self.stream(name, messages, sampling, ids)
         return last
 
 

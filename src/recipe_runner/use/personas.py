@@ -123,13 +123,15 @@ class Personas:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
-    def stream(self, name: str, messages: list[dict], sampling: Sampling) -> Iterator[str]:
-        """Yield the reply's text as it is generated; the last item is a Reply with the counts."""
+    def stream(self, name: str, messages: list[dict], sampling: Sampling, ids: torch.Tensor | None = None
+               ) -> Iterator[str]:
+        """Yield the reply's text as it is generated; the last item is a Reply with the counts.
+        `ids`: the conversation already encoded (serve counts the prompt first), not encoded twice."""
         from transformers import TextIteratorStreamer
 
         if name not in self.names:
             raise KeyError(name)
-        ids = self.encode(name, messages).to(self.device)
+        ids = (self.encode(name, messages) if ids is None else ids).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
         stop = threading.Event()  # set when the caller stops reading (Ctrl-C in chat, a client gone in serve)
@@ -149,8 +151,8 @@ class Personas:
             raise result["error"]
         yield Reply("".join(parts).strip(), ids.shape[1], result["tokens"], result["finish"])
 
-    def reply(self, name: str, messages: list[dict], sampling: Sampling) -> Reply:
-        *_, last = self.stream(name, messages, sampling)
+    def reply(self, name: str, messages: list[dict], sampling: Sampling, ids: torch.Tensor | None = None) -> Reply:
+        *_, last = self.stream(name, messages, sampling, ids)
         return last
 
     def _generate(self, name: str, ids: torch.Tensor, s: Sampling, streamer, result: dict,

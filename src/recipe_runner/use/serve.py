@@ -118,17 +118,18 @@ def create_app(personas, serve_cfg, sampling_defaults: Sampling) -> FastAPI:
         system = personas.system_prompt(req.model)
         if system and not any(m["role"] == "system" for m in messages):  # the client's own one wins
             messages.insert(0, {"role": "system", "content": system})
-        prompt_tokens = int((await run_in_threadpool(personas.encode, req.model, messages)).shape[1])
+        ids = await run_in_threadpool(personas.encode, req.model, messages)  # counted here, generated from below
+        prompt_tokens = int(ids.shape[1])
         sampling = request_sampling(req, prompt_tokens, sampling_defaults, serve_cfg)
         note = request.state.note = {"model": req.model, "prompt": prompt_tokens}
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
         lease = await slots.acquire()
         if req.stream:
-            pieces = personas.stream(req.model, messages, sampling)
+            pieces = personas.stream(req.model, messages, sampling, ids)
             usage = bool((req.stream_options or {}).get("include_usage"))
             return Stream(events(pieces, head, usage, note, lease), pieces, lease)
         try:
-            reply: Reply = await run_in_threadpool(personas.reply, req.model, messages, sampling)
+            reply: Reply = await run_in_threadpool(personas.reply, req.model, messages, sampling, ids)
         except Exception as exc:  # noqa: BLE001 - this request fails, the server stays
             traceback.print_exc()
             raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error") from None
