@@ -74,6 +74,16 @@ def stamp_checks(adapters: Path, history: list[dict], best_epoch: int | None) ->
             write_card(folder, card, epoch=epoch, checks=rows.get(epoch))
 
 
+def check_base(folder: Path, card: dict, model_path: str) -> None:
+    """An adapter on another base than the one it trained on is garbage: refuse, naming both hashes
+    (chat, serve and export all check it before loading weights)."""
+    expected, local = card["base"].get("weights_sha256"), weights_sha256(model_path)
+    if expected and local and expected != local:
+        raise RecipeError(f"adapter {folder} was trained on {card['base']['name_or_path']} with weights sha256 "
+                          f"{expected[:16]}..., but {model_path} has weights sha256 {local[:16]}...: "
+                          f"not the base it trained on")
+
+
 def read_card(folder: Path) -> dict:
     """The card of an adapter folder, or a one-line error naming what is missing."""
     folder = Path(folder)

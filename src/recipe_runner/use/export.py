@@ -21,7 +21,7 @@ from pathlib import Path
 from recipe_runner.config.schema import ExportFormat
 from recipe_runner.console import console
 from recipe_runner.errors import RecipeError
-from recipe_runner.model.adapter_card import CARD, read_card, resolve_adapter, weights_sha256
+from recipe_runner.model.adapter_card import CARD, check_base, read_card, resolve_adapter
 from recipe_runner.model.embedded import resolve_model_path
 
 
@@ -114,15 +114,6 @@ def out_folder(out: str | None, adapter: Path, fmt: ExportFormat) -> Path:
         raise RecipeError(f"export.out={path} exists and is not empty: remove it or choose another export.out "
                           f"(an export never overwrites files)")
     return path
-
-
-def check_base(folder: Path, card: dict, model_path: str) -> None:
-    """An adapter folded into another base than the one it trained on is garbage: refuse, naming both."""
-    expected, local = card["base"].get("weights_sha256"), weights_sha256(model_path)
-    if expected and local and expected != local:
-        raise RecipeError(f"adapter {folder} was trained on {card['base']['name_or_path']} with weights sha256 "
-                          f"{expected[:16]}..., but {model_path} has weights sha256 {local[:16]}...: "
-                          f"not the base it trained on")
 
 
 def quant_note(card: dict) -> str | None:

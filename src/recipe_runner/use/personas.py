@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from recipe_runner.errors import RecipeError
-from recipe_runner.model.adapter_card import read_card, weights_sha256
+from recipe_runner.model.adapter_card import check_base, read_card
 from recipe_runner.model.embedded import resolve_model_path
 
 BASE = "base"  # the model name of the base with no adapter (peft's "__base__")
@@ -60,12 +60,9 @@ class Personas:
         first = next(iter(self.cards))
         self.base = self.cards[first]["base"]
         for name in self.cards:
-            self.check_base(name, self.cards[name])
+            self.same_base(name, self.cards[name])
         self.model_path = resolve_model_path(self.base["name_or_path"], cache_dir)
-        local = weights_sha256(self.model_path)
-        if self.base["weights_sha256"] and local and local != self.base["weights_sha256"]:
-            raise RecipeError(f"adapter {first} ({self.folders[first]}) was trained on a base whose weights differ "
-                              f"from {self.model_path} (sha256 {self.base['weights_sha256'][:12]} vs {local[:12]})")
+        check_base(self.folders[first], self.cards[first], self.model_path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -76,7 +73,7 @@ class Personas:
         self.model = model.eval()
         self.lock = threading.Lock()  # the tokenizer's chat template is swapped per request
 
-    def check_base(self, name: str, card: dict) -> None:
+    def same_base(self, name: str, card: dict) -> None:
         """One model holds one base: an adapter trained on another is refused, naming both."""
         if (card["base"]["name_or_path"], card["base"]["weights_sha256"]) != (self.base["name_or_path"],
                                                                                self.base["weights_sha256"]):
@@ -89,7 +86,7 @@ class Personas:
         if name == BASE:
             raise RecipeError(f"{BASE!r} is reserved for the base model without an adapter")
         card = read_card(folder)
-        self.check_base(name, card)
+        self.same_base(name, card)
         if name in self.cards:
             self.model.delete_adapter(name)
         self.model.load_adapter(folder, adapter_name=name)
