@@ -238,7 +238,19 @@ def test_key_only_when_given_and_the_request_body():
     assert seeded == {**plain, "seed": 3}
 
 
-def test_local_generator_batches_seeds_and_counts(tiny_model):
+@pytest.fixture
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy 2-core machine two OpenMP threads
+    spin against the other load: 6 s per complete() instead of 0.2 s."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_local_generator_batches_seeds_and_counts(tiny_model, one_thread):
     from recipe_runner.synthesize.local import LocalGenerator
 
     def local(seed: int, budget: Budget) -> LocalGenerator:
