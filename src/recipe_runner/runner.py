@@ -2,6 +2,7 @@
 
     compare(cfg, run_dir)                  -> summary    a finished sweep's leaderboard
     use(cfg, stage, run_dir)               -> summary    chat, serve or export a trained adapter (use/)
+    synthesize(cfg, run_dir)               -> report     training dialogues from the bible (synthesize/)
     pipeline.prepare(cfg, run_dir)         -> Prepared   data and its report; no weights load
     pipeline.train(cfg, prepared, ...)     -> summary    fit (train/fit.py -> Trained) with the checks,
                                                          then summary.json and report.md
@@ -34,6 +35,8 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         return compare(cfg, run_dir)
     if stage in USE_STAGES:
         return use(cfg, stage, run_dir)
+    if stage is Stage.synthesize:
+        return synthesize(cfg, run_dir)
     from recipe_runner import pipeline
 
     return pipeline.run(cfg, stage, run_dir, job, started)
@@ -57,5 +60,14 @@ def use(cfg: DictConfig, stage: Stage, run_dir: Path) -> dict:
     else:
         from recipe_runner.use.export import export as run_stage
     summary = {"stage": stage.value, **run_stage(cfg, run_dir)}
+    write_summary(run_dir, summary)
+    return summary
+
+
+def synthesize(cfg: DictConfig, run_dir: Path) -> dict:
+    """Dialogues from the bible into synth.out; the run folder keeps the log and the summary."""
+    from recipe_runner.synthesize.stage import synthesize as run_stage
+
+    summary = {"stage": Stage.synthesize.value, **run_stage(cfg, run_dir)}
     write_summary(run_dir, summary)
     return summary

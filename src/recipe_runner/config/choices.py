@@ -57,6 +57,7 @@ class Stage(str, Enum):
     chat = "chat"  # talk to a trained persona in the terminal (adapter=...)
     serve = "serve"  # an OpenAI-compatible HTTP server: one base model, several persona adapters
     export = "export"  # the adapter folded into its base: a transformers folder or GGUF files
+    synthesize = "synthesize"  # training dialogues from the bible: synopses -> dialogues -> bible check (synth.*)
 
 
 class Strategy(str, Enum):
@@ -90,3 +91,8 @@ class MixUnit(str, Enum):
 class ExportFormat(str, Enum):
     merged = "merged"  # a plain transformers folder (safetensors) with the adapter folded in; no peft needed
     gguf = "gguf"  # GGUF files for llama.cpp / Ollama (export.gguf_types) and an Ollama Modelfile
+
+
+class DialogueMode(str, Enum):
+    turns = "turns"  # one request per turn: a simulated user, then the persona from its prompt (works with small models)
+    transcript = "transcript"  # one request per dialogue: the generator writes the whole chat (strong generators, ~2x turns fewer requests)

@@ -3,11 +3,12 @@
 A recipe (recipes/*.yaml, or a path) and a sweep file (conf/sweep/*.yaml) are files people send
 each other. One is refused, with its file, line and key, when it
 - names code: `_target_`, `_partial_`, `trust_remote_code`;
+- points a folder it writes (`synth.out`) outside the working directory (absolute, `..`, `~`);
 - calls an interpolation resolver other than the pure ones below: `${oc.env:...}` reads the
   environment (a secret in `description` would land in every config file and in W&B),
   `oc.decode` and `oc.create` turn strings back into interpolations;
 - sets a user setting (user_settings.py: the judge's endpoint and key variable, W&B mode, entity
-  and project, output paths) or any `hydra.*` key (`hydra.job.env_set` sets environment
+  and project, output paths, the synthesis generator) or any `hydra.*` key (`hydra.job.env_set` sets environment
   variables such as WANDB_MODE or WANDB_BASE_URL; the launcher decides where jobs run). A sweep
   file may set `hydra.sweeper.params` and nothing else.
 Files a recipe builds on (its defaults list) and recipes a sweep file sweeps over are scanned too.
@@ -32,6 +33,7 @@ FORBIDDEN = {
 PURE_RESOLVERS = ("now", "oc.select", "oc.dict.keys", "oc.dict.values")  # read only the config and the clock
 RESOLVER = re.compile(r"\$\{\s*([^\s:{}]+)\s*:")  # ${name: ...}; a plain ${a.b} reference has no colon
 SWEEP_PARAMS = "hydra.sweeper.params"
+WRITTEN_PATHS = ("synth.out",)  # folders a run writes into that a recipe may name
 USER_RULE = ("is a user setting ({why}): a shared file cannot set it; set it on the command line or in your own "
              "~/.config/recipe-runner/user.yaml")
 
@@ -88,6 +90,8 @@ class SharedFileScan:
                 self.walk(item, parts, None, depth + 1)
         else:
             self.check_resolvers(node, dotted, node.value)
+            if dotted in WRITTEN_PATHS:
+                self.check_written_path(node, dotted)
 
     def check_key(self, key: yaml.Node, dotted: str, value: yaml.Node) -> None:
         name = str(key.value)
@@ -121,6 +125,8 @@ class SharedFileScan:
         setting = user_setting(swept)
         if setting or holds_user_setting(swept):
             self.refuse(key, dotted, USER_RULE.format(why=USER_SETTINGS.get(setting, "it holds user settings")))
+        if swept in WRITTEN_PATHS:
+            self.refuse(key, dotted, "is not allowed: a sweep cannot move the folders a run writes into")
         if swept == "recipe" and isinstance(value, yaml.ScalarNode):
             text = str(value.value)  # a,b | choice(a,b) | glob(*): every recipe it may pick
             options = self.recipes.glob("*.yaml") if "glob(" in text else \
@@ -128,6 +134,13 @@ class SharedFileScan:
             for p in options:
                 if p.is_file():
                     SharedFileScan(self.recipes, self.sweeps, self.seen).scan(p, "recipe")
+
+    def check_written_path(self, node: yaml.Node, dotted: str) -> None:
+        """A folder the run writes into stays under the working directory when a shared file names it."""
+        text = str(node.value)
+        if text.startswith(("/", "~", "\\")) or re.match(r"[A-Za-z]:", text) or ".." in re.split(r"[/\\]", text):
+            self.refuse(node, dotted, "must be a relative path inside the working directory (no /, ~ or ..): a "
+                                      "shared file decides what is written, you decide where (command line)")
 
     def check_resolvers(self, node: yaml.Node, dotted: str, text) -> None:
         for name in RESOLVER.findall(str(text)):

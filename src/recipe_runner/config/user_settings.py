@@ -16,6 +16,11 @@ the user's own settings file:
       wandb:
         mode: online
         entity: my-team
+    synth:
+      generator:
+        base_url: http://localhost:8001/v1
+        model: Qwen/Qwen2.5-7B-Instruct
+        max_requests: 3000
 
 The file is applied as command-line overrides placed before the user's own, so the command line
 still wins. recipe_scan.py refuses these keys in recipe and sweep files.
@@ -40,6 +45,8 @@ USER_SETTINGS = {
     "serve.host": "which network interfaces your server (and your personas) are reachable on",
     "serve.api_key_env": "which environment variable holds the key your server checks",
     "export.out": "where exported models are written on your disk",
+    "synth.generator": "the generator's endpoint, model, key variable and budget decide where your bible goes, which "
+                       "key is sent and how much you spend",
 }
 
 

@@ -41,6 +41,11 @@ def validate(cfg: DictConfig, stage: Stage | str | None = None) -> None:
         if not cfg.sweep_dir:
             raise RecipeErrors(["stage=compare needs sweep_dir=outputs/sweeps/<recipe>/<time>"])
         return
+    if stage is Stage.synthesize:
+        problems = synth_problems(cfg)
+        if problems:
+            raise RecipeErrors(problems)
+        return
     if stage in (Stage.chat, Stage.serve, Stage.export):
         problems = use_problems(cfg, stage)
         if problems:
@@ -66,7 +71,9 @@ def recipe_problems(cfg: DictConfig) -> list[str]:
         roles[name] = Role(src.role)
         hub = src.format == "hf_dataset" and is_hub_name(src.path)  # fetched (or refused) when read
         if not Path(src.path).exists() and not hub:
-            p(f"data.sources.{name}.path: {src.path} does not exist (working directory: {Path.cwd()})")
+            made = Path(cfg.synth.out) in Path(src.path).parents  # the synthesis's accepted.jsonl
+            p(f"data.sources.{name}.path: {src.path} does not exist (working directory: {Path.cwd()})"
+              + ("; make it first: python run.py recipe=<this recipe> stage=synthesize" if made else ""))
         if src.upsample < 1 or src.upsample > cfg.data.mix.max_repeats:
             p(f"data.sources.{name}.upsample={src.upsample:g}: must be between 1 and data.mix.max_repeats="
               f"{cfg.data.mix.max_repeats:g}")
@@ -195,4 +202,72 @@ def use_problems(cfg: DictConfig, stage: Stage) -> list[str]:
         bad = [t for t in cfg.export.gguf_types if t not in ("f16", "q8_0")]
         if bad:
             out.append(f"export.gguf_types: {bad} unknown; choose from [f16, q8_0]")
+    return out
+
+
+def synth_problems(cfg: DictConfig) -> list[str]:
+    """stage=synthesize: the bible, the plan, the templates, the checks and the generator."""
+    import re
+
+    from recipe_runner.data.templates import load_bible
+    from recipe_runner.errors import RecipeError
+    from recipe_runner.synthesize.prompts import template_problems
+
+    out, s = [], cfg.synth
+    p = out.append
+    bible = cfg.template.persona.bible
+    if not bible:
+        p("stage=synthesize needs template.persona.bible: the character the dialogues are written for")
+    else:
+        try:
+            load_bible(bible)
+        except RecipeError as exc:
+            p(str(exc))
+    for key in ("synopses", "dialogues_per_synopsis", "candidates", "long_turns", "synopsis_tokens", "turn_tokens",
+                "transcript_tokens"):
+        if s[key] < 1:
+            p(f"synth.{key}={s[key]}: must be >= 1")
+    if not s.turns or any(t < 1 for t in s.turns):
+        p(f"synth.turns={list(s.turns)}: a non-empty list of user-turn counts, each >= 1")
+    for key, value in (("long_share", s.long_share), ("situations.bait_share", s.situations.bait_share),
+                       ("check.min_marker_share", s.check.min_marker_share)):
+        if not 0 <= value <= 1:
+            p(f"synth.{key}={value}: must be between 0 and 1")
+    if not 0 < s.check.near_dup_threshold <= 1:
+        p(f"synth.check.near_dup_threshold={s.check.near_dup_threshold}: must be in (0, 1]")
+    if not s.situations.moods or not s.situations.registers:
+        p("synth.situations.moods and synth.situations.registers must not be empty")
+    if s.temperature < 0 or not 0 < s.top_p <= 1:
+        p(f"synth.temperature={s.temperature}, synth.top_p={s.top_p}: temperature >= 0, 0 < top_p <= 1")
+    unknown = [x for x in s.situations.languages if x not in set(_langid_languages())]
+    if unknown:
+        p(f"synth.situations.languages: {unknown} are not ISO 639-1 codes py3langid knows (e.g. en, ru, de)")
+    for i, pattern in enumerate(s.check.leak_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            p(f"synth.check.leak_patterns[{i}] {pattern!r} is not a valid regex: {exc}")
+    out += template_problems(s.prompts)
+    if s.check.judge_min_score is not None:
+        if not cfg.eval.judge.enabled:
+            p("synth.check.judge_min_score is set but eval.judge.enabled=false: the judge's endpoint is a user "
+              "setting (command line or ~/.config/recipe-runner/user.yaml)")
+        elif not os.environ.get(cfg.eval.judge.api_key_env):
+            p(f"synth.check.judge_min_score needs the judge's key, but ${cfg.eval.judge.api_key_env} is empty")
+    g = s.generator
+    if g.base_url:
+        if not re.match(r"https?://[^/\s]+", g.base_url):
+            p(f"synth.generator.base_url={g.base_url!r}: expected http(s)://host[:port]/v1")
+        if not g.model:
+            p("synth.generator.base_url is set but synth.generator.model is not: the model name the endpoint serves")
+    if g.api_key_env and not os.environ.get(g.api_key_env):
+        p(f"synth.generator.api_key_env={g.api_key_env} but ${g.api_key_env} is empty")
+    for key in ("max_concurrent", "batch_size"):
+        if g[key] < 1:
+            p(f"synth.generator.{key}={g[key]}: must be >= 1")
+    if g.retries < 0 or g.timeout_s <= 0 or g.backoff_s < 0:
+        p(f"synth.generator: retries >= 0, timeout_s > 0, backoff_s >= 0 (got {g.retries}, {g.timeout_s}, {g.backoff_s})")
+    for key in ("max_requests", "max_tokens"):
+        if g[key] is not None and g[key] < 1:
+            p(f"synth.generator.{key}={g[key]}: must be >= 1 (null = no limit)")
     return out

@@ -19,6 +19,16 @@ def closing_lines(run_dir: Path, s: dict) -> None:
     if s.get("stage") == "export":
         console.print(f"exported       {s.get('format')} -> {s.get('out')} ({len(s.get('files', []))} files, listed above)")
         return
+    if s.get("stage") == "synthesize":
+        c, out = s["counts"], Path(s["out"])
+        console.print(f"accepted       {c['accepted']} of {c['dialogues']} dialogues ({c['dialogues_planned']} planned); "
+                      f"rejected: {', '.join(f'{k} {v}' for k, v in s['rejected_first'].items()) or 'none'}")
+        if s.get("stopped"):
+            console.print(f"stopped        {s['stopped']}")
+        console.print(f"training set   {out / 'accepted.jsonl'}  (a source with format: chat_jsonl, system: persona)")
+        console.print(f"rejected       {out / 'rejected.jsonl'}  (each with its reasons)")
+        console.print(f"report         {out / 'report.md'}")
+        return
     if s.get("stage") == "prepare":
         console.print(f"held-out sets  {run_dir / 'heldout'}")
         console.print(f"manifest       {run_dir / 'manifest.json'}  (sha256 {s['manifest_sha256'][:16]}...)")
