@@ -25,6 +25,11 @@ def compose_recipe(name: str, *overrides: str):
 def test_every_recipe_composes_and_passes_checks(name):
     cfg = compose_recipe(name)
     assert cfg.name == name
+    made = {n: s for n, s in cfg.data.sources.items() if s.path.startswith(cfg.synth.out + "/")}
+    if made:  # its dialogues are made by stage=synthesize (recipes/rook_pirate_cpu.yaml): check that stage,
+        validate(cfg, "synthesize")  # then the training stages as if they had been made
+        for src in made.values():
+            src.path = "data/alex/dialogues.jsonl"
     validate(cfg)  # files exist, ratios sane, monitor logged
 
 
@@ -125,7 +130,7 @@ def test_help_names_the_stages_commands_and_outputs():
 
 
 @pytest.mark.parametrize("override,allowed", [
-    ("stage=evaluate", "[train, prepare, compare, chat, serve, export]"),
+    ("stage=evaluate", "[train, prepare, compare, chat, serve, export, synthesize]"),
     ("train.strategy=deepspeed", "[auto, ddp, fsdp]"),
     ("train.precision=bf16", "[auto, 32-true, bf16-mixed, 16-mixed]"),
     ("logger.wandb.mode=cloud", "[auto, offline, online, disabled]"),

@@ -277,7 +277,7 @@ class SynthCheckConfig:
 @dataclass
 class SynthPromptsConfig:
     synopsis: str = "???"  # a situation's synopsis (conf/synth/prompts/default.yaml holds every default template)
-    user_turn: str = "???"  # mode=turns: the system prompt of the simulated user
+    user_turn: str = "???"  # mode=turns: asks for the user's next message ({chat}: the chat so far)
     persona_turn: str = "???"  # mode=turns: the system prompt the persona replies from
     transcript: str = "???"  # mode=transcript: the whole dialogue as "User: ..." / "{name}: ..." lines
     bait: str = "???"  # inserted as {bait} in a baiting situation; {taboo} is one of the bible's taboos
@@ -301,7 +301,7 @@ class SynthConfig:
     transcript_tokens: int = 2048  # mode=transcript: completion cap of a whole dialogue
     situations: SynthSituationsConfig = field(default_factory=SynthSituationsConfig)  # the spread of situations
     check: SynthCheckConfig = field(default_factory=SynthCheckConfig)  # what an accepted dialogue passes
-    prompts: SynthPromptsConfig = field(default_factory=SynthPromptsConfig)  # templates given to the generator: {name}, {synopsis}, ...
+    prompts: SynthPromptsConfig = field(default_factory=SynthPromptsConfig)  # templates given to the generator, with fields such as {name} and {synopsis}
     generator: SynthGeneratorConfig = field(default_factory=SynthGeneratorConfig)  # who generates (a user setting: endpoint, key, budget)
 
 
