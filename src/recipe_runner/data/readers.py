@@ -161,3 +161,20 @@ def text_files(path: Path, cfg: SourceConfig, key: str) -> Iterator[tuple[str, o
             yield str(file), {"text": file.read_text(encoding="utf-8")}
         except UnicodeDecodeError as exc:
             yield str(file), Unreadable(f"invalid UTF-8 at byte {exc.start}")
+
+
+def read_jsonl(path: str, key: str, field_name: str) -> list:
+    """`field_name` of every line; errors name the file, line and config key."""
+    p = Path(path)
+    if not p.exists():
+        raise RecipeError(f"{key}: {p} does not exist")
+    out = []
+    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)[field_name]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise RecipeError(f'{p}:{lineno}: expected an object with "{field_name}" ({key})') from None
+        out.append(value)
+    return out

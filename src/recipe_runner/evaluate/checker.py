@@ -15,36 +15,17 @@ the prompt-only baseline: the fine-tune must beat it to be worth its forgetting 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from recipe_runner.errors import RecipeError
 from recipe_runner.evaluate.generation import answer_nll, generate
 from recipe_runner.evaluate.intervals import interval, paired_gain
+from recipe_runner.data.readers import read_jsonl
 from recipe_runner.evaluate.judge import judge_scores
 from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases
 from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers, turn_slope
-
-
-def read_jsonl(path: str, key: str, field_name: str) -> list:
-    """`field_name` of every line; errors name the file, line and config key."""
-    p = Path(path)
-    if not p.exists():
-        raise RecipeError(f"{key}: {p} does not exist")
-    out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)[field_name]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise RecipeError(f'{p}:{lineno}: expected an object with "{field_name}" ({key})') from None
-        out.append(value)
-    return out
 
 
 @dataclass

@@ -16,14 +16,13 @@ from __future__ import annotations
 import time
 
 from recipe_runner.config.choices import DialogueMode
-from recipe_runner.console import console
+from recipe_runner.console import clock, console
 from recipe_runner.synthesize.checks import Checks, reason_key
 from recipe_runner.synthesize.prompts import Prompts
 from recipe_runner.synthesize.requests import Generator, Reply, Request
 from recipe_runner.synthesize.situations import Situation
 from recipe_runner.synthesize.store import SynthFolder
 from recipe_runner.synthesize.transcript import clean_turn, first_sentences, parse_transcript, speaker_names
-from recipe_runner.train.log_progress import clock
 
 # reasons that end a dialogue early: it will be rejected whatever its later turns say
 FINAL = ("malformed", "truncated", "speaker_label", "empty_turn", "assistant_voice", "taboo", "too_long", "language")

@@ -16,7 +16,7 @@ import numpy as np
 from recipe_runner.config.schema import Format, Role
 from recipe_runner.data.corpus import iter_source
 from recipe_runner.data.dedup import band_keys
-from recipe_runner.evaluate.checker import read_jsonl
+from recipe_runner.data.readers import read_jsonl
 
 CHUNKED = (Format.text, Format.text_jsonl)  # plain text needs a tokenizer to chunk, and holds no dialogues
 

@@ -14,14 +14,9 @@ import time
 
 import lightning as L
 
-from recipe_runner.console import console
+from recipe_runner.console import clock, console
 
 LINES_PER_EPOCH = 5
-
-
-def clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 class LogProgress(L.Callback):
