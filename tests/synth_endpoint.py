@@ -4,7 +4,9 @@ It stands in for a strong generator (vLLM, a hosted API), which a test cannot ru
 depend only on the request's content, so an interrupted and resumed synthesis must end with
 exactly the dialogues of an uninterrupted one. Persona replies speak like Alex ("yo", "it's
 always DNS"), except on purpose: a situation about `leaky topic` gets "As an AI" replies, one
-about `broken topic` gets an answer that is not JSON, `silent topic` an empty one. The first
+about `broken topic` gets an answer that is not JSON, `silent topic` an empty one, `echo topic`
+repeats a held-out eval prompt, `copy topic` replays a training dialogue, `twin topic` answers
+the same every time. The first
 requests can be made to fail (429 with Retry-After, then 500) to prove they are retried.
 """
 
@@ -31,6 +33,9 @@ def words(seed: str, n: int) -> str:
 
 
 ECHOED = "Hello Alex! Did you survive the release last night?"  # data/alex/eval_prompts.jsonl, held out
+COPIED = ["hi Alex, how are you?",  # the first dialogue of data/alex/dialogues.jsonl, the niche training data
+          "Yo. Alive, caffeinated, and nobody has paged me yet, so pretty good by my standards.",
+          "nice, any plans for today?", "Dodge two meetings and actually write some code. Ambitious, I know."]
 
 
 def answer(messages: list[dict]) -> str | None:
@@ -47,6 +52,10 @@ def answer(messages: list[dict]) -> str | None:
     if "twin topic" in everything:  # every dialogue about it is the same
         return "Yo, twin answer, the same every time. It's always DNS." if messages[0]["role"] == "system" \
             else "tell me about the twin thing"
+    if "copy topic" in everything:  # turn by turn, Alex's first training dialogue
+        if messages[0]["role"] == "system":
+            return COPIED[3] if messages[-1]["content"] == COPIED[2] else COPIED[1]
+        return COPIED[2] if COPIED[1] in first else COPIED[0]
     if "The chat so far" in first:
         if "echo topic" in first:
             return ECHOED

@@ -2,10 +2,11 @@
 the project's own stage=serve as a generator, and the tiny model as a local one.
 
 The scripted plan: 8 situations over 8 topics, 2 dialogues each (1 and 2 user turns). By design
-7 are accepted and 9 rejected: `leaky topic` answers "As an AI" (assistant_voice, x2), `broken
+6 are accepted and 10 rejected: `leaky topic` answers "As an AI" (assistant_voice, x2), `broken
 topic` sends a body that is not JSON and `silent topic` an empty answer (malformed, x4), `echo
-topic` repeats a held-out eval prompt (contaminated, x2), `twin topic` writes the same dialogue
-twice (near_duplicate, x1).
+topic` repeats a held-out eval prompt (contaminated, x2), `copy topic` replays Alex's first
+training dialogue (its two-turn dialogue is that dialogue: contaminated, x1; the one-turn
+dialogue is half of it and passes), `twin topic` writes the same dialogue twice (near_duplicate, x1).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from pathlib import Path
 import pytest
 
 from conftest import NO_USER_SETTINGS, REPO, run_cli
+from judge_endpoint import judge_endpoint
 from synth_endpoint import synth_endpoint
 from test_serve import free_port
 
 KEY = "synth-test-key-41c9"
-TOPICS = ["pods", "leaky topic", "broken topic", "silent topic", "echo topic", "twin topic", "cache", "deploys"]
-EXPECTED_FIRST = {"assistant_voice": 2, "malformed": 4, "contaminated": 2, "near_duplicate": 1}
+TOPICS = ["pods", "leaky topic", "broken topic", "silent topic", "echo topic", "twin topic", "copy topic", "deploys"]
+EXPECTED_FIRST = {"assistant_voice": 2, "malformed": 4, "contaminated": 3, "near_duplicate": 1}
 
 
 def recipe(tmp_path: Path) -> Path:
@@ -68,13 +70,13 @@ def reference(tmp_path_factory):
 def test_dialogues_from_a_scripted_generator_are_checked_against_the_bible(reference):
     tmp, out, res, seen = reference
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "accepted       7 of 16 dialogues (16 planned)" in res.stdout, res.stdout[-2000:]
+    assert "accepted       6 of 16 dialogues (16 planned)" in res.stdout, res.stdout[-2000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["counts"]["accepted"] == 7 and report["counts"]["rejected"] == 9
+    assert report["counts"]["accepted"] == 6 and report["counts"]["rejected"] == 10
     assert report["rejected_first"] == EXPECTED_FIRST
-    assert report["diversity"]["accepted"]["topics_covered"] == 4  # pods, cache, deploys, twin
+    assert report["diversity"]["accepted"]["topics_covered"] == 4  # pods, deploys, twin, copy
     accepted, rejected = lines(out / "accepted.jsonl"), lines(out / "rejected.jsonl")
-    assert len(accepted) == 7 and len(rejected) == 9
+    assert len(accepted) == 6 and len(rejected) == 10
     for row in accepted:
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and roles
@@ -82,7 +84,9 @@ def test_dialogues_from_a_scripted_generator_are_checked_against_the_bible(refer
         assert row["provenance"]["generator"].startswith("endpoint:scripted@127.0.0.1:")
     reasons = {r["id"]: r["reasons"] for r in rejected}
     assert any(r[0].startswith("malformed: turn 2: answer is not JSON") for r in reasons.values()), reasons
-    assert any("data/alex/eval_prompts.jsonl" in r[0] for r in reasons.values() if r[0].startswith("contaminated"))
+    contaminated = [r[0] for r in reasons.values() if r[0].startswith("contaminated")]
+    assert sum("eval.persona_prompts (data/alex/eval_prompts.jsonl)" in r for r in contaminated) == 2, contaminated
+    assert sum("data.sources.alex (data/alex/dialogues.jsonl)" in r for r in contaminated) == 1, contaminated
     # the 429 and the 500 were retried; every request carried the key and was counted in the budget
     assert len(seen) == json.loads((out / "budget.json").read_text())["requests"]
     assert {auth for _, auth, _ in seen} == {f"Bearer {KEY}"}
@@ -100,7 +104,7 @@ def test_the_training_stages_read_the_accepted_set_as_it_is(reference, tmp_path)
     res = run_cli("stage=prepare", f"data.sources.alex.path={out / 'accepted.jsonl'}",
                   "data.sources.alex.max_examples=null", f"paths.output_dir={tmp_path}", "logger.wandb.enabled=false")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert re.search(r"│ alex +│ niche +│ +7 │", res.stdout), res.stdout[:2000]  # all 7 read, none bad
+    assert re.search(r"│ alex +│ niche +│ +6 │", res.stdout), res.stdout[:2000]  # all 6 read, none bad
 
 
 def run_until_killed(cmd_args: list[str], out: Path, dialogues: int) -> None:
@@ -241,3 +245,21 @@ def test_a_local_model_is_a_generator(tiny_model, tmp_path):
     assert report["generator"] == f"local:{tiny_model}"
     assert report["counts"]["synopses"] == 2 and report["counts"]["dialogues"] + report["counts"]["synopses_failed"] >= 1
     assert all(r["reasons"] for r in lines(out / "rejected.jsonl"))  # random weights: noise, each rejected with why
+
+
+def test_the_llm_judge_can_reject_and_is_paid_once(tmp_path):
+    """The judge (judge_endpoint.py answers 8 here) under judge_min_score=9 rejects; a rerun asks it nothing new."""
+    out = tmp_path / "synth"
+    with synth_endpoint() as (url, _), judge_endpoint() as (judge_url, judged):
+        run = args(tmp_path, out, url, "synth.synopses=2", "synth.dialogues_per_synopsis=1", "synth.turns=[2]",
+                   "synth.situations.topics=[pods,deploys]", "synth.check.judge_min_score=9", "eval.judge.enabled=true",
+                   f"eval.judge.base_url={judge_url}", "eval.judge.api_key_env=JUDGE_KEY")
+        first = run_cli(*run, env={"SYNTH_KEY": KEY, "JUDGE_KEY": "judge-key"})
+        calls = len(judged)
+        again = run_cli(*run, env={"SYNTH_KEY": KEY, "JUDGE_KEY": "judge-key"})
+    assert first.returncode == 0 and again.returncode == 0, first.stderr[-2000:] + again.stderr[-2000:]
+    assert calls == 4 and len(judged) == 4  # 2 dialogues x 2 persona turns, none judged twice
+    assert {auth for _, auth, _ in judged} == {"Bearer judge-key"}
+    rejected = lines(out / "rejected.jsonl")
+    assert [r["reasons"] for r in rejected] == [["judge: 8.0 (min 9)"]] * 2
+    assert [r["provenance"]["scores"]["judge"] for r in rejected] == [8.0, 8.0]
