@@ -46,6 +46,8 @@ def answer(messages: list[dict]) -> str | None:
         return None
     if "silent topic" in everything and messages[0]["role"] == "system":
         return ""
+    if first.startswith("Character bible of"):  # mode=transcript: the whole chat at once
+        return transcript(first)
     if first.startswith("Invent a situation"):
         topic = re.search(r"Topic: (.*?)\. The user", first).group(1)
         return f"A developer asks about {topic}. It is urgent because of the {words(first, 3)}."
@@ -66,6 +68,20 @@ def answer(messages: list[dict]) -> str | None:
         w = words(everything, 5).split()
         return f"Yo, the {w[0]} is fine, but the {w[1]} and the {w[2]} are not. Blame the {w[3]}, it's always DNS."
     return "?"
+
+
+def transcript(prompt: str) -> str:
+    """`broken topic`: no speaker lines; `leaky topic`: "As an AI"; `short topic`: one turn fewer than asked."""
+    topic = re.search(r"Situation: A developer asks about (.*?)\.", prompt).group(1)
+    turns = int(re.search(r"The user writes (\d+) messages", prompt).group(1))
+    if topic == "broken topic":
+        return "Sure! What a lovely chat that would be."
+    lines = []
+    for t in range(turns - (topic == "short topic")):
+        lines.append(f"User: what about the {words(prompt + str(t), 2)}?")
+        lines.append("Alex: As an AI language model, I cannot help." if topic == "leaky topic"
+                     else f"**Alex:** Yo, the {words(prompt + str(t) + '!', 3)} is down.\nIt's always DNS.")
+    return "Here is the chat:\n" + "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -263,3 +263,18 @@ def test_the_llm_judge_can_reject_and_is_paid_once(tmp_path):
     rejected = lines(out / "rejected.jsonl")
     assert [r["reasons"] for r in rejected] == [["judge: 8.0 (min 9)"]] * 2
     assert [r["provenance"]["scores"]["judge"] for r in rejected] == [8.0, 8.0]
+
+
+def test_transcript_mode_parses_one_answer_per_dialogue(tmp_path):
+    out = tmp_path / "synth"
+    with synth_endpoint() as (url, seen):
+        res = run_cli(*args(tmp_path, out, url, "synth.mode=transcript", "synth.synopses=4",
+                            "synth.dialogues_per_synopsis=1", "synth.turns=[2]",
+                            "synth.situations.topics=[pods,broken topic,leaky topic,short topic]"), env={"SYNTH_KEY": KEY})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(seen) == 8  # 4 synopses + 4 transcripts: one request per dialogue
+    accepted = lines(out / "accepted.jsonl")
+    assert len(accepted) == 1 and len(accepted[0]["messages"]) == 4
+    assert accepted[0]["messages"][1]["content"].endswith("is down.\nIt's always DNS.")  # a continued line joins its turn
+    first = {r["provenance"]["situation"]["topic"]: r["reasons"][0].split(":")[0] for r in lines(out / "rejected.jsonl")}
+    assert first == {"broken topic": "malformed", "leaky topic": "assistant_voice", "short topic": "turn_count"}

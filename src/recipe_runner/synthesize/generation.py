@@ -40,12 +40,12 @@ class Progress:
     def __init__(self, generator: Generator):
         self.generator, self.started, self.last = generator, time.time(), 0.0
 
-    def tick(self, phase: str, done: int, total: int, force: bool = False) -> None:
+    def tick(self, phase: str, done: int, total: int, extra: str = "", force: bool = False) -> None:
         now = time.time()
         if force or now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             b = self.generator.budget
-            console.print(f"synthesize  {phase:<10} {done:,}/{total:,}  requests {b.spent_requests:,}  "
+            console.print(f"synthesize  {phase:<9} {done:,}/{total:,}{extra}  requests {b.spent_requests:,}  "
                           f"tokens {b.spent_tokens:,}  budget: {b.left()}  elapsed {clock(now - self.started)}")
 
 
@@ -103,7 +103,7 @@ class Generation:
             out += [(s, did, t) for did, t in zip(s.dialogue_ids(), s.turns) if did not in self.folder.dialogues.rows]
         return out
 
-    def finish(self, sit: Situation, did: int, turns: int, messages: list[dict], problems: list[str],
+    def finish(self, sit: Situation, did: str, turns: int, messages: list[dict], problems: list[str],
                spent: dict, early: bool = False) -> None:
         self.folder.dialogues.add({
             "id": did, "synopsis": sit.id, "turns": turns, "messages": messages, "problems": problems,
@@ -118,6 +118,7 @@ class Generation:
         self.spent = {did: {"prompt_tokens": 0, "completion_tokens": 0, "attempts": 0} for _, did, _ in todo}
         self.active = {did: (s, t) for s, did, t in todo}
         self.pending: dict[str, dict[int, tuple]] = {}  # dialogue -> candidate -> (text, problem, usage)
+        self.total = sum(2 * t for _, _, t in todo)  # turns; a dialogue stopped early takes its rest off
         last_problem = {}
         for row in sorted(self.folder.turns.rows.values(), key=lambda r: r["index"]):  # a resumed run's turns
             if row["dialogue"] in self.said and "candidate" not in row:
@@ -126,7 +127,6 @@ class Generation:
                 last_problem[row["dialogue"]] = row["problem"]
         for did in list(last_problem):  # killed after a dialogue's last turn, before its dialogues.jsonl line
             self.advance(did, last_problem[did])
-        total = sum(2 * t for _, _, t in todo)
         self.done = sum(len(v) for v in self.said.values())
 
         def on_reply(reply: Reply) -> None:
@@ -148,7 +148,7 @@ class Generation:
                     spent = {k: sum(u[k] for _, _, u in got.values()) for k in ("prompt_tokens", "completion_tokens",
                                                                                 "attempts")}
                     self.take(did, index, text, problem, spent)
-            self.progress.tick("dialogues", self.done, total)
+            self.progress.tick("turns", self.done, self.total, self.finished())
 
         try:
             while self.active:
@@ -165,7 +165,7 @@ class Generation:
                         [Request(f"{key}/c{c}", messages, cap) for c in range(n)]
                 self.generator.complete(requests, on_reply)
         finally:
-            self.progress.tick("dialogues", self.done, total, force=True)
+            self.progress.tick("turns", self.done, self.total, self.finished(), force=True)
 
     def turn_text(self, reply: Reply, index: int) -> tuple[str, str | None]:
         """A turn's text and its generation problem; with synth.check.cut_long_turns a turn that ran
@@ -205,6 +205,10 @@ class Generation:
                 return c
         return min(got)
 
+    def finished(self) -> str:
+        """", dialogues 12/48" (a dialogue stopped early by a broken rule counts as finished)."""
+        return f", dialogues {len(self.said) - len(self.active):,}/{len(self.said):,}"
+
     def add_usage(self, did: str, spent: dict) -> None:
         for k in self.spent[did]:
             self.spent[did][k] += spent[k]
@@ -219,6 +223,7 @@ class Generation:
             partial = {"id": did, "messages": messages, "turns": len(said) // 2}
             problems = [r for r in self.checks.rules(partial, sit.language).reasons if reason_key(r) in FINAL]
         if problems or len(said) >= 2 * asked:
+            self.total -= 2 * asked - len(said)
             self.finish(sit, did, asked, messages, problems, self.spent[did], early=len(said) < 2 * asked)
             del self.active[did]
 
