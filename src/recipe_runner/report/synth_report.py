@@ -104,10 +104,15 @@ def report_markdown(r: dict) -> str:
               f"{s['max_tokens'] or 'unlimited'} tokens.", ""]
     if r.get("lengths_png"):
         lines += ["## Lengths", "", "![lengths](lengths.png)", ""]
+    if r["examples"]["accepted"]:
+        lines += ["## Some accepted dialogues", ""]
+        for ex in r["examples"]["accepted"]:
+            lines.append(f"- {ex['id']}: " + " / ".join(f"{m['role'][0]}: {m['content'][:120]!r}" for m in ex["messages"][:4]))
+        lines.append("")
     if r["examples"]["rejected"]:
         lines += ["## Some rejected dialogues", ""]
         for ex in r["examples"]["rejected"]:
-            first = ex["messages"][1]["content"] if len(ex["messages"]) > 1 else ""
-            lines.append(f"- {ex['id']} ({ex['reason']}): {first[:160]!r}")
+            said = [m["content"] for m in ex["messages"] if m["role"] == "assistant"]
+            lines.append(f"- {ex['id']}: {ex['reason']}" + (f"; the persona said {said[0][:160]!r}" if said else ""))
         lines.append("")
     return "\n".join(lines)

@@ -186,6 +186,7 @@ def build_report(cfg, situations, folder, dialogues, verdicts: list[Verdict], bi
         "voice": {"generated": voice(dialogues, bible), "accepted": voice(kept, bible)},
         "spend": {"requests": generator.budget.spent_requests, "tokens": generator.budget.spent_tokens,
                   "max_requests": g.max_requests, "max_tokens": g.max_tokens},
-        "examples": {"rejected": [{"id": d["id"], "reason": reason_key(v.reasons[0]), "messages": d["messages"]}
+        "examples": {"accepted": [{"id": d["id"], "messages": d["messages"]} for d in kept][:5],
+                     "rejected": [{"id": d["id"], "reason": v.reasons[0], "messages": d["messages"]}
                                   for d, v in zip(dialogues, verdicts) if v.reasons][:8]},
     }
