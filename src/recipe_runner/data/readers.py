@@ -17,6 +17,8 @@ from typing import Iterator
 from recipe_runner.errors import RecipeError
 from recipe_runner.config.schema import SourceConfig
 
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark
+TOO_DEEP = "JSON nested too deeply to parse (over ~1,000 levels of arrays or objects)"
 BATCH_ROWS = 1024  # Arrow rows converted to Python at a time: bounded memory even for long-text rows
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # owner/name, as the hub spells ids
 
@@ -43,9 +45,11 @@ def json_records(path: Path, cfg: SourceConfig, key: str) -> Iterator[tuple[str,
     """
     if path.suffix == ".json":
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is dropped
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RecipeError(f"{path}: not a readable JSON array ({exc})") from None
+        except RecursionError:
+            raise RecipeError(f"{path}: {TOO_DEEP}") from None
         if not isinstance(records, list):
             raise RecipeError(f"{path}: a .json source must hold one array of objects")
         yield from ((f"{path}[{i}]", r) for i, r in enumerate(records))
@@ -53,17 +57,26 @@ def json_records(path: Path, cfg: SourceConfig, key: str) -> Iterator[tuple[str,
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}:{lineno}"
+            if lineno == 1 and raw.startswith(BOM):  # spreadsheets and Windows editors write one
+                raw = raw[len(BOM):]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 yield where, Unreadable(f"invalid UTF-8 ({exc.reason} at byte {exc.start})")
                 continue
-            if not line.strip():
+            if not line.strip():  # a CRLF line's "\r" is whitespace to JSON too
                 continue
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, Unreadable(f"broken JSON ({exc.msg} at column {exc.colno})")
+            yield where, parse_json_line(line)
+
+
+def parse_json_line(line: str) -> object:
+    """One JSON Lines record, or an Unreadable saying why not."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Unreadable(f"broken JSON ({exc.msg} at column {exc.colno})")
+    except RecursionError:
+        return Unreadable(TOO_DEEP)
 
 
 def _csv_rows(path: Path) -> Iterator[dict]:
@@ -82,6 +95,8 @@ def _csv_rows(path: Path) -> Iterator[dict]:
                 yield from batch.to_pylist()
     except (pa.ArrowInvalid, OSError) as exc:
         raise RecipeError(f"{path}: not a readable CSV file ({_one_line(exc)})") from None
+    except UnicodeDecodeError as exc:  # pyarrow checks UTF-8 only when it turns a cell into text
+        raise RecipeError(f"{path}: not a readable CSV file (invalid UTF-8: {exc.reason})") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[dict]:
@@ -158,7 +173,7 @@ def text_files(path: Path, cfg: SourceConfig, key: str) -> Iterator[tuple[str, o
     files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md")) if path.is_dir() else [path]
     for file in files:
         try:
-            yield str(file), {"text": file.read_text(encoding="utf-8")}
+            yield str(file), {"text": file.read_text(encoding="utf-8-sig")}
         except UnicodeDecodeError as exc:
             yield str(file), Unreadable(f"invalid UTF-8 at byte {exc.start}")
 
@@ -168,13 +183,17 @@ def read_jsonl(path: str, key: str, field_name: str) -> list:
     p = Path(path)
     if not p.exists():
         raise RecipeError(f"{key}: {p} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{p}: invalid UTF-8 at byte {exc.start} ({key})") from None
     out = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)[field_name]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise RecipeError(f'{p}:{lineno}: expected an object with "{field_name}" ({key})') from None
-        out.append(value)
+        record = parse_json_line(line)
+        if not isinstance(record, dict) or field_name not in record:
+            why = f"{record.message}; " if isinstance(record, Unreadable) else ""
+            raise RecipeError(f'{p}:{lineno}: {why}expected an object with "{field_name}" ({key})')
+        out.append(record[field_name])
     return out
