@@ -110,8 +110,34 @@ def main() -> None:
     modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run")]
     if len({m.lstrip("-")[0] for m in modes}) > 1:
         raise_user(f"{' and '.join(modes)}: choose one (--cfg prints one job's config: drop -m to see it)")
+    if not any(a in ("-c", "--cfg", "-i", "--info", "-h", "--help", "--hydra-help") for a in argv):
+        _check_output_dir(argv)
     sys.argv = [sys.argv[0], *_name_jobs_by_swept_keys(_force_add_mappings(argv))]
     _hydra_main()
+
+
+MIN_FREE_MB = 256  # a CPU run writes ~100 MB (adapters per epoch, last.ckpt, W&B files); an export 500+
+
+
+def _check_output_dir(argv: list[str]) -> None:
+    """paths.output_dir (a user setting: the command line, the user's file or `outputs`) must take
+    files before anything runs: otherwise Hydra fails creating the run folder with a traceback, or a
+    run fails at its first checkpoint, minutes in."""
+    values = [a.split("=", 1)[1].strip("'\"") for a in argv if a.lstrip("+").startswith("paths.output_dir=")]
+    folder = Path(values[-1] if values else "outputs").expanduser()
+    if "${" in str(folder):
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+        free_mb = shutil.disk_usage(folder).free / 2**20
+    except OSError as exc:
+        raise_user(f"paths.output_dir={folder}: cannot write there ({exc.strerror or exc}); choose another "
+                   f"folder: python run.py ... paths.output_dir=DIR")
+    if free_mb < MIN_FREE_MB:
+        raise_user(f"paths.output_dir={folder}: only {free_mb:.0f} MB free; a run needs about {MIN_FREE_MB} MB "
+                   f"(adapters, checkpoints, logs): free some space or choose another folder")
 
 
 def _force_add_mappings(argv: list[str]) -> list[str]:
