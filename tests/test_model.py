@@ -16,12 +16,22 @@ def test_qlora_builds_nf4_base_with_float32_adapter(tiny_model):
     four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(four_bit) == 2 * 7  # 2 layers x 7 target projections
     assert four_bit[0].weight.quant_state.quant_type == "nf4"
+    assert four_bit[0].weight.quant_state.nested  # model.double_quant (default true): the scales are quantized too
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     assert all(p.dtype == torch.float32 for p in trainable.values())
     assert model.get_base_model().get_input_embeddings().weight.dtype == torch.bfloat16
     flags = [layer.gradient_checkpointing for layer in model.get_base_model().model.layers]
     assert flags == [False, True]  # fraction 0.5 of 2 layers: every other one
+
+
+def test_double_quant_off_leaves_the_scales_in_float(tiny_model):
+    import bitsandbytes as bnb
+
+    mcfg = OmegaConf.structured(ModelConfig(quant="nf4", double_quant=False))
+    model = build_model(mcfg, OmegaConf.structured(LoraConfig(r=4, alpha=8)), str(tiny_model), "32-true")
+    four_bit = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit and not any(m.weight.quant_state.nested for m in four_bit)
 
 
 def test_plain_lora_keeps_full_precision_base(tiny_model):
