@@ -102,6 +102,19 @@ def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data
     assert any(line.startswith("train          epoch 1 ") and "epoch left" not in line for line in lines)
 
 
+def test_early_stopping_stops_the_run(tiny_model, tiny_data, tmp_path):
+    """patience 1 and an improvement of 1000 nats required: epoch 1 cannot improve on epoch 0, so
+    the run ends after 2 of its 5 epochs and says so."""
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "model.quant=none", "train.max_epochs=5",
+                                  "train.early_stopping.patience=1", "train.early_stopping.min_delta=1000",
+                                  "eval.checks=false", "logger.wandb.enabled=false"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["epochs_run"] == 2, summary
+    assert sorted(p.name for p in (run_dir / "adapters").glob("epoch_*")) == ["epoch_00", "epoch_01"]
+
+
 def test_a_failing_sweep_job_is_recorded_and_the_others_run(tiny_model, tiny_data, tmp_path):
     args = tiny_overrides(tiny_model, tiny_data, tmp_path, "train.max_steps=1", "logger.wandb.enabled=false")
     args = [a for a in args if not a.startswith("data.mix.general_ratio")] + ["data.mix.general_ratio=500,2"]
