@@ -1,12 +1,15 @@
-"""Faults and correctness guards: an unwritable output folder, packing isolation."""
+"""Faults and correctness guards: an unwritable output folder, packing isolation, a non-finite loss."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 from datasets import Dataset
 
-from conftest import run_cli
+from conftest import only_run_dir, run_cli, tiny_overrides
 from recipe_runner.data.batches import Collator, Rows
+from recipe_runner.train.fit import keep_last_good
 from recipe_runner.train.module import next_token_hidden, supervised_loss
 
 
@@ -46,3 +49,27 @@ def test_a_packed_row_has_the_loss_of_its_examples_apart(tiny_model):
     scale = second_alone.abs().max()
     assert (second_packed - second_alone).abs().max() < 1e-4 * scale
     assert (second_leaky - second_alone).abs().max() > 1e-2 * scale  # the check can fail: a leak shows
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_no_poisoned_adapter(tiny_model, tiny_data, tmp_path):
+    """lr 1e30 makes the weights overflow after the first step: the run stops at step 1, names it
+    and the sources in its batch, records why in summary.json, and writes no adapters/last from
+    the poisoned weights."""
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "model.quant=none", "train.lr=1e30",
+                                  "eval.checks=false", "logger.wandb.enabled=false"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    error = res.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: non-finite training: the loss is nan at step 1 (batch 1 of epoch 0, sources ")
+    assert "Kept: no adapter (no epoch finished)" in error and "Lower train.lr (now 1e+30)" in error
+    run_dir = only_run_dir(tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped"].startswith("non-finite training: the loss is nan at step 1")
+    assert not (run_dir / "adapters" / "last").exists()
+
+
+def test_the_last_good_epoch_becomes_adapters_last(tmp_path):
+    for epoch in ("epoch_00", "epoch_01"):
+        (tmp_path / epoch).mkdir()
+        (tmp_path / epoch / "adapter_model.safetensors").write_text(epoch)
+    keep_last_good(tmp_path)
+    assert (tmp_path / "last" / "adapter_model.safetensors").read_text() == "epoch_01"

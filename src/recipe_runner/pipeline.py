@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
+from recipe_runner.errors import RecipeError
 from recipe_runner.config.schema import Stage
 from recipe_runner.data.manifest import write_data_files
 from recipe_runner.data.prepared import Prepared, load_prepared
@@ -85,4 +86,9 @@ def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: s
         write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest),
                      training_sections(run_dir, summary, evals.history, evals.baseline))
         wandb_log.log_summary(experiment, summary)
+    if trained.stopped:
+        kept = sorted((run_dir / "adapters").glob("epoch_*"))
+        raise RecipeError(f"{trained.stopped}. Kept: " + (f"adapters/last = {kept[-1].name}, adapters/best as selected"
+                          if kept else "no adapter (no epoch finished)") + f"; summary.json and report.md in "
+                          f"{run_dir}. Lower train.lr (now {cfg.train.lr:g}) or check those sources' data")
     return summary

@@ -47,9 +47,10 @@ class Rows(torch.utils.data.Dataset):
 
     def __init__(self, ds: Dataset, max_length: int, packing: bool, seed: int,
                  general_sources: frozenset[str] | set[str] = frozenset()):
-        names = ["input_ids", "labels"] + (["source"] if general_sources else [])
+        names = ["input_ids", "labels"] + (["source"] if "source" in ds.column_names else [])
         cols = ds.select_columns(names)[:]  # one epoch's mix: small, read once
         self.ids, self.labels = cols["input_ids"], cols["labels"]
+        self.sources = cols.get("source")  # named when a step fails (a non-finite loss)
         self.general = [s in general_sources for s in cols["source"]] if general_sources else None
         lengths = [len(x) for x in self.ids]
         self.rows = pack(lengths, max_length, seed) if packing else [[i] for i in range(len(lengths))]
@@ -68,6 +69,8 @@ class Rows(torch.utils.data.Dataset):
             if self.general is not None:
                 general += [int(self.general[i])] * len(self.ids[i])
         item = {"input_ids": ids, "labels": labels, "position_ids": pos}
+        if self.sources is not None:
+            item["sources"] = sorted({self.sources[i] for i in self.rows[r]})
         if self.general is not None:
             item["general"] = general
         return item
@@ -94,7 +97,8 @@ class Collator:
             mask[k, :L_] = 1
             if general is not None:
                 general[k, :L_] = torch.tensor(x["general"], dtype=torch.bool)
-        batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "n_real": int(mask.sum())}
+        batch = {"input_ids": ids, "labels": labels, "position_ids": pos, "n_real": int(mask.sum()),
+                 "sources": sorted({s for x in items for s in x.get("sources", [])})}
         if general is not None:  # per token: belongs to a general-role source (per-role loss, KL-to-base)
             batch["general"] = general
         if not self.packing:

@@ -4,6 +4,7 @@ callbacks and the Trainer, then fit. `Trained` holds what the run's summary is m
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from recipe_runner.model.adapter_card import run_card, write_card
 from recipe_runner.model.qlora import build_model
 from recipe_runner.train.adapters import AdapterPerEpoch, MetricSelection, Selection
 from recipe_runner.train.log_progress import LogProgress
-from recipe_runner.train.module import PersonaModule
+from recipe_runner.train.module import NonFinite, PersonaModule
 from recipe_runner.train.sharding import FSDPStrategy, save_adapter
 
 
@@ -107,6 +108,7 @@ class Trained:
     adapters: AdapterPerEpoch
     fit_seconds: float
     resumed_from: str | None
+    stopped: str | None = None  # why training stopped before its end (a non-finite loss or gradient)
 
     def summary(self, cfg: DictConfig) -> dict:
         """The trainer's section of summary.json (every rank calls it: the token counts are summed)."""
@@ -122,6 +124,7 @@ class Trained:
             "fit_seconds": self.fit_seconds,
             "train_mix_sha256_per_epoch": {str(e): h for e, h in sorted(self.datamodule.epoch_hashes.items())},
             "resumed_from": self.resumed_from,
+            "stopped": self.stopped,
         }
 
 
@@ -134,7 +137,13 @@ def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list
     cbs = callbacks(cfg, run_dir, evals, selection, card)
     trainer = trainer_for(cfg, run_dir, prepared.precision, loggers, cbs)
     started = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    except NonFinite as exc:  # the weights after it are poison: adapters/last is the last good epoch
+        seconds = time.time() - started
+        if trainer.is_global_zero:
+            keep_last_good(run_dir / "adapters")
+        return Trained(trainer, module, dm, cbs[1], seconds, ckpt, stopped=f"non-finite training: {exc}")
     seconds = time.time() - started
     if "val/loss" not in trainer.callback_metrics:  # max_steps ended the run before any validation
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -142,3 +151,10 @@ def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list
     if trainer.is_global_zero:
         write_card(run_dir / "adapters" / "last", card, epoch=None, step=trainer.global_step, run_dir=str(run_dir))
     return Trained(trainer, module, dm, cbs[1], seconds, ckpt)
+
+
+def keep_last_good(adapters: Path) -> None:
+    """adapters/last := the newest finished epoch's adapter (none when the first epoch failed)."""
+    epochs = sorted(adapters.glob("epoch_*"))
+    if epochs:
+        shutil.copytree(epochs[-1], adapters / "last", dirs_exist_ok=True)

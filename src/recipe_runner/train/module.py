@@ -121,6 +121,11 @@ def training_objective(model, batch: dict, loss: Loss | str = Loss.ce, eaft_top_
     return out
 
 
+class NonFinite(Exception):
+    """A step whose loss or gradient is inf or NaN: training stops there (train/fit.py keeps the
+    last good adapter and records why)."""
+
+
 class PersonaModule(L.LightningModule):
     def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float,
                  val_sources: list[str], val_roles: dict[str, str], loss: Loss | str = Loss.ce,
@@ -172,6 +177,9 @@ class PersonaModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         parts = self.call(training_objective, batch, self.loss_kind, self.eaft_top_k, self.kl_weight, self.sharded)
         loss, n = parts["loss"], parts["n"]
+        if self.any_rank(not torch.isfinite(loss.detach())):
+            raise NonFinite(f"the loss is {loss.item()} at step {self.global_step} (batch {batch_idx} of epoch "
+                            f"{self.current_epoch}, sources {', '.join(batch.get('sources') or ['?'])})")
         self.tokens_seen += batch["n_real"]
         self.supervised_seen += n
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -188,6 +196,21 @@ class PersonaModule(L.LightningModule):
             self.log("train/kl_to_base", parts["kl"].detach(), batch_size=parts["n_general"])
         self.log("train/tokens", float(self.tokens_seen), batch_size=1)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        """A finite loss can still give an inf/NaN gradient (an overflow in backward): never step on it."""
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # fsdp: this rank's shard
+                 for p in self.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])) \
+            if grads else torch.zeros(())
+        if self.any_rank(not torch.isfinite(norm)):
+            raise NonFinite(f"the gradient norm is {norm.item()} at step {self.global_step} (epoch {self.current_epoch})")
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when it is true on one (ddp/fsdp: a rank that stopped alone would hang the rest)."""
+        if self.trainer.world_size == 1:
+            return flag
+        return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()
