@@ -73,3 +73,26 @@ def test_the_last_good_epoch_becomes_adapters_last(tmp_path):
         (tmp_path / epoch / "adapter_model.safetensors").write_text(epoch)
     keep_last_good(tmp_path)
     assert (tmp_path / "last" / "adapter_model.safetensors").read_text() == "epoch_01"
+
+
+def test_two_runs_building_the_same_data_cache_at_once_agree(tiny_model, tiny_data, tmp_path):
+    """Both processes build the same entries into one empty cache at the same time: each entry is
+    built under a temporary name and renamed whole, so neither reads a half-built one."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import NO_USER_SETTINGS, REPO
+
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS}
+    procs = [subprocess.Popen([sys.executable, "run.py", "stage=prepare", "logger.wandb.enabled=false",
+                               *tiny_overrides(tiny_model, tiny_data, tmp_path / f"out{i}", f"paths.cache_dir={tmp_path / 'cache'}")],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    shas = [json.loads((only_run_dir(tmp_path / f"out{i}") / "manifest.json").read_text())["train_mix_sha256"]
+            for i in range(2)]
+    assert shas[0] == shas[1]
+    entries = sorted(p.name for p in (tmp_path / "cache" / "data").iterdir())
+    assert entries and all((tmp_path / "cache" / "data" / e / "DONE").exists() for e in entries), entries
