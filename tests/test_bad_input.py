@@ -23,7 +23,7 @@ FORMATS = {  # format -> the file suffix it reads
     Format.chat_jsonl: ".jsonl", Format.sharegpt: ".jsonl", Format.alpaca: ".jsonl", Format.text_jsonl: ".jsonl",
     Format.text: ".txt", Format.table: ".csv",
 }
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")

@@ -75,7 +75,10 @@ def test_resume_continues_from_the_saved_step(two_step_run, tiny_model, tiny_dat
 
 
 def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data, tmp_path):
-    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "train.max_epochs=2", "train.lr=1e-3",
+    """Also early stopping: patience 1 and an improvement of 1000 nats required, so epoch 1 cannot
+    improve on epoch 0 and the run ends after 2 of its 3 epochs, saying so."""
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "train.max_epochs=3", "train.lr=1e-3",
+                                  "train.early_stopping.patience=1", "train.early_stopping.min_delta=1000",
                                   "logger.wandb.enabled=false"))
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
@@ -87,11 +90,12 @@ def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data
     # the training loss per role, every step: is the niche fitted at all?
     steps = [r for r in metrics if r.get("train/loss")]
     assert all(r["train/loss_general"] for r in steps) and any(r["train/loss_niche"] for r in steps)
-    assert (run_dir / "adapters" / "epoch_00").is_dir() and (run_dir / "adapters" / "epoch_01").is_dir()
+    assert sorted(p.name for p in (run_dir / "adapters").glob("epoch_*")) == ["epoch_00", "epoch_01"]
     best = json.loads((run_dir / "adapters" / "best.json").read_text())
     assert best["epoch"] in (0, 1) and (run_dir / "adapters" / "best" / "adapter_model.safetensors").exists()
     # every epoch trains on its own general draw; epoch 0 is the mix the manifest hashes
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stopped_early"] is True and summary["epochs_run"] == 2, summary
     assert 0 < summary["supervised_niche_tokens"] < summary["supervised_tokens"]
     per_epoch = summary["train_mix_sha256_per_epoch"]
     assert set(per_epoch) == {"0", "1"} and per_epoch["0"] != per_epoch["1"]
@@ -100,19 +104,6 @@ def test_full_epochs_validate_per_source_and_mark_the_best(tiny_model, tiny_data
     lines = [line for line in res.stdout.splitlines() if line.startswith("train          epoch")]
     assert lines and all(" tok/s " in line and "elapsed" in line for line in lines)
     assert any(line.startswith("train          epoch 1 ") and "epoch left" not in line for line in lines)
-
-
-def test_early_stopping_stops_the_run(tiny_model, tiny_data, tmp_path):
-    """patience 1 and an improvement of 1000 nats required: epoch 1 cannot improve on epoch 0, so
-    the run ends after 2 of its 5 epochs and says so."""
-    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "model.quant=none", "train.max_epochs=5",
-                                  "train.early_stopping.patience=1", "train.early_stopping.min_delta=1000",
-                                  "eval.checks=false", "logger.wandb.enabled=false"))
-    assert res.returncode == 0, res.stderr[-3000:]
-    run_dir = only_run_dir(tmp_path)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["stopped_early"] is True and summary["epochs_run"] == 2, summary
-    assert sorted(p.name for p in (run_dir / "adapters").glob("epoch_*")) == ["epoch_00", "epoch_01"]
 
 
 def test_a_failing_sweep_job_is_recorded_and_the_others_run(tiny_model, tiny_data, tmp_path):
