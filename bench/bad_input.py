@@ -41,7 +41,9 @@ def named_cases() -> dict[str, tuple[str, bytes]]:
         "NUL bytes": ("chat_jsonl", b"\x00" * 64 + b"\n"),
         "binary garbage": ("chat_jsonl", bytes(random.Random(0).randrange(256) for _ in range(2048))),
         "empty file": ("chat_jsonl", b""),
-        "BOM + CRLF (valid: must load)": ("chat_jsonl", b"\xef\xbb\xbf" + (GOOD + "\r\n").encode() * 20),
+        "BOM + CRLF (valid: must load)": ("chat_jsonl", b"\xef\xbb\xbf" + "".join(json.dumps(
+            {"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": f"yo {i} " * 3}]})
+            + "\r\n" for i in range(20)).encode()),
         "deeply nested arrays": ("chat_jsonl", ("[" * 100_000 + "]" * 100_000 + "\n").encode()),
         "ShareGPT without conversations": ("sharegpt", b'{"messages": []}\n'),
         "CSV with invalid UTF-8": ("table", b"prompt,response\nhi,\xff\xfe\n"),
