@@ -126,7 +126,7 @@ def synthesize(cfg: DictConfig, run_dir: Path) -> dict:
         stopped = failure = str(exc)
     finally:
         generator.close()
-    report = check_and_report(cfg, situations, folder, checks, bible, generator, stopped, started, run_dir)
+    report = check_and_report(cfg, situations, folder, checks, bible, generator, stopped, started, prompts.sha())
     folder.close()
     if failure:
         raise RecipeError(f"{failure} (everything generated so far is kept in {folder.path}; rerun to continue)")
@@ -134,7 +134,7 @@ def synthesize(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def check_and_report(cfg, situations, folder: SynthFolder, checks: Checks, bible: dict, generator, stopped,
-                     started: float, run_dir: Path) -> dict:
+                     started: float, template_sha: str) -> dict:
     sit_of = {did: s for s in situations for did in s.dialogue_ids()}
     dialogues = [d for did, d in sorted(folder.dialogues.rows.items()) if did in sit_of]
     verdicts = checks.select(dialogues, {d["id"]: sit_of[d["id"]].language for d in dialogues})
@@ -150,7 +150,8 @@ def check_and_report(cfg, situations, folder: SynthFolder, checks: Checks, bible
                              "messages": d["messages"], "provenance": provenance})
     folder.write_jsonl("accepted.jsonl", accepted)
     folder.write_jsonl("rejected.jsonl", rejected)
-    report = build_report(cfg, situations, folder, dialogues, verdicts, bible, generator, stopped, started)
+    report = build_report(cfg, situations, folder, dialogues, verdicts, bible, generator, stopped, started,
+                          template_sha)
     report["lengths_png"] = bool(length_plot([a | {"id": a["provenance"]["id"]} for a in accepted],
                                              folder.path / "lengths.png"))
     write_atomic(folder.path / "report.md", report_markdown(report))
@@ -159,7 +160,7 @@ def check_and_report(cfg, situations, folder: SynthFolder, checks: Checks, bible
 
 
 def build_report(cfg, situations, folder, dialogues, verdicts: list[Verdict], bible, generator, stopped,
-                 started) -> dict:
+                 started, template_sha: str) -> dict:
     topic_of = {did: s.topic for s in situations for did in s.dialogue_ids()}
     topics = topics_of(cfg.synth.situations, bible)
     kept = [d for d, v in zip(dialogues, verdicts) if v.accepted]
@@ -174,7 +175,7 @@ def build_report(cfg, situations, folder, dialogues, verdicts: list[Verdict], bi
     g = cfg.synth.generator
     return {
         "name": cfg.name, "out": str(folder.path), "generator": generator.name, "mode": DialogueMode(cfg.synth.mode).value,
-        "seed": cfg.synth.seed, "template_sha": Prompts(cfg.synth.prompts, bible, render_persona(cfg.template)).sha(),
+        "seed": cfg.synth.seed, "template_sha": template_sha,
         "stopped": stopped, "seconds": round(time.time() - started, 1),
         "counts": {"situations": len(situations), "synopses": len(synopses),
                    "synopses_failed": sum(1 for r in synopses if r["error"]),
