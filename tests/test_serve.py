@@ -162,6 +162,146 @@ def test_busy_server_says_429_and_keeps_serving(server, client):
     assert after.choices[0].message.content
 
 
+RETRIED = ("valid stream", "stream dropped")  # in the burst these retry on 429 until served
+
+
+def burst_cases() -> list[tuple[str, str, str, object, set, str | None]]:
+    """(kind, method, path, body, allowed statuses, error code): the 71 requests of the burst test, most
+    of them wrong in one way each. A body that is a function is called per request (a chunked upload)."""
+    def chat(**extra) -> str:
+        return json.dumps({"model": "alex", "messages": HELLO, "max_tokens": 4, **extra})
+
+    big = json.dumps({"model": "alex", "messages": [{"role": "user", "content": "x" * 20000}]})
+    chunked = lambda: (big[i:i + 4096].encode() for i in range(0, len(big), 4096))  # noqa: E731
+    chats = "POST", "/chat/completions"
+    table = [  # (count, kind, method and path, body, allowed statuses, error code)
+        *((1, "valid", chats, chat(model=("alex", "echo", "base")[i % 3], temperature=(0, 0.7, 1e-300)[i % 3]),
+           {200, 429}, None) for i in range(18)),  # 1e-300 overflowed the logits once: a 500
+        *((1, "valid stream", chats, chat(model=("alex", "echo", "base")[i], temperature=(0, 0.7, 1e-300)[i],
+                                          stream=True, stream_options={"include_usage": True}), {200}, None)
+          for i in range(3)),
+        (2, "stream dropped", chats, chat(stream=True, max_tokens=16), {200}, None),  # the client leaves
+        (4, "broken json", chats, '{"model": "alex", "messages": [', {400}, "invalid_json"),
+        (2, "deep json", chats, "[" * 5000, {400}, "invalid_json"),
+        (3, "not an object", chats, '[{"model": "alex"}]', {400}, "invalid_json"),
+        (2, "NaN", chats, chat()[:-1] + ', "temperature": NaN}', {400}, "invalid_json"),
+        (2, "lone surrogate", chats, chat(messages=[{"role": "user", "content": "\ud800"}]), {400}, "invalid_json"),
+        (3, "wrong type", chats, chat(max_tokens="lots"), {400}, "invalid_value"),
+        (2, "messages not a list", chats, chat(messages="hi"), {400}, "invalid_value"),
+        (3, "unknown role", chats, chat(messages=[{"role": "tool", "content": "hi"}]), {400}, "invalid_value"),
+        (2, "seed out of range", chats, chat(seed=2**70), {400}, "invalid_value"),
+        (2, "tiny repetition_penalty", chats, chat(temperature=1, repetition_penalty=1e-300), {400}, "invalid_value"),
+        (3, "body too large", chats, big, {413}, "request_too_large"),
+        (3, "body too large, chunked", chats, chunked, {413}, "request_too_large"),
+        (3, "prompt too long", chats, chat(messages=[{"role": "user", "content": "pods " * 600}], max_tokens=8),
+         {400}, "context_length_exceeded"),
+        (3, "max_tokens over the cap", chats, chat(max_tokens=1000), {400}, "invalid_value"),
+        (3, "unsupported parameter", chats, chat(stop=["\n"]), {400}, "unsupported_parameter"),
+        (2, "unknown model", chats, chat(model="bob"), {404}, "model_not_found"),
+        (2, "no key", chats, chat(), {401}, "invalid_api_key"),
+        (2, "wrong path", ("POST", "/completions"), chat(), {404}, None),
+        (2, "wrong method", ("GET", "/chat/completions"), None, {405}, None),
+    ]
+    return [(kind, method, path, body, allowed, code)
+            for count, kind, (method, path), body, allowed, code in table for _ in range(count)]
+
+
+def test_a_burst_of_good_and_bad_requests_gets_4xx_never_5xx(server, client):
+    """16 threads send 71 requests at once to the module's server (max_concurrent=1, max_queue=0): each
+    malformed, over-long or over-limit one gets its 4xx in OpenAI's error shape, each valid one a reply or
+    a 429 with Retry-After (streams retry until served, two of them hang up after the first event), none a
+    5xx or a dropped connection. The server's log counts the same statuses, and afterwards it serves as before."""
+    import random
+    import re
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = burst_cases()
+    random.Random(0).shuffle(cases)
+    log_start = len(server.log.read_text())
+    statuses = []  # of every response, retries included (list.append is atomic)
+
+    def send(http: httpx.Client, case) -> tuple[int, dict | str, httpx.Headers]:
+        kind, method, path, body, _, _ = case
+        while True:
+            headers = {} if kind == "no key" else {"Authorization": f"Bearer {KEY}"}
+            response = http.send(http.build_request(method, server.url + path, headers=headers,
+                                                    content=body() if callable(body) else body), stream=True)
+            try:
+                statuses.append(response.status_code)
+                if kind == "stream dropped" and response.status_code == 200:  # the first event, then hang up
+                    assert next(response.iter_lines()).startswith("data: {")
+                    return 200, "dropped", response.headers
+                response.read()
+            finally:
+                response.close()
+            if kind not in RETRIED or response.status_code != 429:
+                break
+            time.sleep(0.25)  # not the full Retry-After: the test stays short
+        try:
+            return response.status_code, response.json(), response.headers
+        except ValueError:
+            return response.status_code, response.text, response.headers
+
+    def attempt(http, case):
+        try:
+            return send(http, case)
+        except Exception as exc:  # noqa: BLE001 - a dropped connection or a timeout: reported below
+            return -1, f"{type(exc).__name__}: {exc}", httpx.Headers()
+
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    with httpx.Client(timeout=120, limits=limits, headers={"Content-Type": "application/json"}) as http:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda case: attempt(http, case), cases))
+
+    problems, seen = [], Counter()
+    for (kind, _, _, body, allowed, code), (status, answer, headers) in zip(cases, results):
+        seen[kind, status] += 1
+        if status not in allowed:
+            problems.append(f"{kind}: {status} {str(answer)[:300]}")
+        elif status >= 400:  # OpenAI's error shape, with our code
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if not (isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+                    and error["message"] and error["code"] == (code if status != 429 else "rate_limit_exceeded")):
+                problems.append(f"{kind}: {status} not in OpenAI's error shape or not {code}: {answer!r:.300}")
+            if status == 429 and headers.get("retry-after") != "1":
+                problems.append(f"{kind}: 429 without Retry-After: 1")
+        elif kind == "valid":
+            content = answer["choices"][0]["message"]["content"]
+            if not (isinstance(content, str) and 1 <= answer["usage"]["completion_tokens"] <= 4):
+                problems.append(f"{kind}: a bad reply {answer!r:.300}")
+        elif kind == "valid stream":
+            if not answer.endswith("data: [DONE]\n\n") or '"completion_tokens"' not in answer \
+                    or 'data: {"error"' in answer:
+                problems.append(f"{kind}: a bad stream {answer!r:.300}")
+    assert not problems, "\n".join(problems)
+    assert not [s for s in statuses if s >= 500] and not [s for _, s in seen if s < 0], seen
+    assert seen["valid", 200] + sum(seen[kind, 200] for kind in RETRIED) >= 6, seen
+    assert statuses.count(429) >= 1, seen  # 16 at once on one slot: the limit refused some
+
+    # the server's own log: a line per response with the same status (a dropped stream's line comes when
+    # its generation has run out)
+    line = re.compile(r"^\d\d:\d\d:\d\d (?:GET|POST) /v1/\S+ (\d{3}) ", re.M)
+    deadline = time.time() + 120  # against a hang only
+    while len(logged := line.findall(server.log.read_text()[log_start:])) < len(statuses) and time.time() < deadline:
+        time.sleep(0.2)
+    assert Counter(int(s) for s in logged) == Counter(statuses)
+    assert "Traceback" not in server.log.read_text()[log_start:]
+
+    # still serving: health, models, and a normal reply once the dropped streams give their slot back
+    assert server.proc.poll() is None
+    assert httpx.get(f"{server.url[:-3]}/health").json() == {"status": "ok"}
+    assert [m.id for m in client.models.list().data] == ["alex", "echo", "base"]
+    while True:
+        try:
+            after = client.chat.completions.create(model="alex", messages=HELLO, max_tokens=4)
+            break
+        except openai.RateLimitError:
+            assert time.time() < deadline, "the slot never came back"
+            time.sleep(0.2)
+    assert after.choices[0].message.content and after.usage.completion_tokens <= 4
+
+
 def test_port_in_use_is_a_one_line_error(tiny_runs, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from recipe_runner.use.personas import Reply, Sampling
 
 
+GREEDY_BELOW = 1e-5  # a temperature under this is greedy, as in vLLM: logits / 1e-300 overflow to inf, then NaN
 UNSUPPORTED = ("stop", "tools", "tool_choice", "functions", "logprobs", "top_logprobs", "response_format",
                "logit_bias", "frequency_penalty", "presence_penalty")  # refused when set, never silently ignored
 
@@ -54,8 +55,10 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)  # not OpenAI's, but vLLM's and ours
-    seed: int | None = None
+    # not OpenAI's, but vLLM's and ours. At least 0.01: a smaller one (1e-300 is 0 in float32) divided the
+    # logits into inf and sampling failed with a 500 (found by the load test)
+    repetition_penalty: float | None = Field(None, ge=0.01)
+    seed: int | None = Field(None, ge=-2**63, le=2**64 - 1)  # torch.manual_seed's range: beyond it was a 500
     n: int = Field(1, ge=1, le=1)
 
 
@@ -73,11 +76,20 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")  # Python's json reads NaN and Infinity; JSON has neither
+
+
 def parse(body: bytes) -> ChatRequest:
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
+    try:  # RecursionError: "[[[[..." nested deep was a 500 (found by the load test)
+        data = json.loads(body, parse_constant=not_json)
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    try:  # a lone surrogate ("\\ud800") is valid JSON, but the tokenizer raised on it: a 500 (the load test)
+        json.dumps(data, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        raise ApiError(400, "request body is not valid Unicode text: a lone surrogate escape (\\ud800-\\udfff)",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     unsupported = [k for k in UNSUPPORTED if data.get(k)]
@@ -111,7 +123,8 @@ def request_sampling(req: ChatRequest, prompt_tokens: int, d: Sampling, v) -> Sa
     def pick(value, default):
         return default if value is None else value
 
-    return Sampling(pick(req.temperature, d.temperature), pick(req.top_p, d.top_p), asked,
+    temperature = pick(req.temperature, d.temperature)
+    return Sampling(0.0 if temperature < GREEDY_BELOW else temperature, pick(req.top_p, d.top_p), asked,
                     pick(req.repetition_penalty, d.repetition_penalty), pick(req.seed, d.seed))
 
 

@@ -26,6 +26,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
 from recipe_runner.errors import RecipeError
@@ -91,11 +92,6 @@ def create_app(personas, serve_cfg, sampling_defaults: Sampling) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # unknown path, wrong method
         return ApiError(exc.status_code, str(exc.detail), headers=exc.headers).response()
-
-    @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception):  # a bug: the request fails, the server stays
-        request.state.error = f"{type(exc).__name__}: {exc}"
-        return ApiError(500, f"internal error: {request.state.error}", kind="server_error").response()
 
     @app.get("/health")
     async def health():
@@ -209,7 +205,8 @@ def run_out(pieces, loop, lease: Lease) -> None:
 
 
 class LogRequests:
-    """One plain line per request on stdout: time, method, path, status, seconds, model, tokens, error."""
+    """One plain line per request on stdout: time, method, path, status, seconds, model, tokens, error.
+    Also where a bug in a request becomes its 500 (traceback printed, the server carries on)."""
 
     def __init__(self, app, stats: dict):
         self.app, self.stats = app, stats
@@ -217,18 +214,33 @@ class LogRequests:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        began, status = time.monotonic(), [500]
+        began, status, crashed = time.monotonic(), [None], None
 
         async def send_status(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
+        # Not an exception_handler(Exception): Starlette's ServerErrorMiddleware re-raises after answering,
+        # and uvicorn then closes the keep-alive connection, so another request already on its way over it
+        # was reset (found by the load test: "Connection reset by peer" next to each 500).
         try:
             await self.app(scope, receive, send_status)
+        except ClientDisconnect:  # the client left (before its body was read, say): nobody to answer
+            if status[0] is None:
+                status[0], crashed = 499, "the client went away before its request was answered"
+        except Exception as exc:  # a bug: the request fails, the server stays
+            traceback.print_exc()
+            crashed = f"{type(exc).__name__}: {exc}"
+            if status[0] is not None:  # the response has begun: only closing the connection can end it
+                raise
+            await ApiError(500, f"internal error: {crashed}", kind="server_error").response()(
+                scope, receive, send_status)
         finally:
             state = scope.get("state", {})
-            note, error = state.get("note") or {}, state.get("error") or (state.get("note") or {}).get("error")
+            note = state.get("note") or {}
+            error = crashed or state.get("error") or note.get("error")
+            status[0] = status[0] or 500
             self.stats["requests"] += 1
             self.stats["errors"] += bool(status[0] >= 400 or error)
             self.stats["completion_tokens"] += note.get("completion") or 0
