@@ -10,6 +10,7 @@ message and exit 2.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import sys
@@ -186,6 +187,7 @@ def run_job(cfg) -> float | None:
     from recipe_runner.report.closing import closing_lines
     from recipe_runner.report import wandb_log
     from recipe_runner.runner import run
+    from recipe_runner.train.resume import finished_earlier
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
@@ -197,6 +199,10 @@ def run_job(cfg) -> float | None:
         job = {"group": None, "name": f"{cfg.name}-{run_dir.name}"}
     gpu_lock = None
     try:
+        done = finished_earlier(cfg, run_dir, hc.mode == RunMode.MULTIRUN)  # train.resume=sweep
+        if done is not None:
+            print(f"{job['name']}: finished in {done}; copied, not run again (train.resume=sweep)", flush=True)
+            return json.loads((run_dir / "summary.json").read_text()).get("best_score")
         strategy = Strategy(cfg.train.strategy)
         if strategy is not Strategy.auto:  # ddp and fsdp start their other ranks by re-running the command
             ddp_children_rerun_this_job(hc, run_dir, strategy.value)

@@ -25,8 +25,9 @@ from recipe_runner.report.data_report import data_sections, length_histogram, wr
 from recipe_runner.report.mix_table import mix_table
 from recipe_runner.report.run_report import training_sections
 from recipe_runner.report.summary import write_summary
-from recipe_runner.train.fit import find_checkpoint, fit
+from recipe_runner.train.fit import fit
 from recipe_runner.train.launch import launch_rank
+from recipe_runner.train.resume import find_checkpoint
 
 
 def run(cfg: DictConfig, stage: Stage, run_dir: Path, job: dict, started: float) -> dict:

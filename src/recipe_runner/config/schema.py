@@ -140,7 +140,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights of the adapter, dropout and batch order
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     checkpoint_every_n_steps: int = 0  # also save a resumable checkpoint every N steps (0 = epochs only)
-    resume: Optional[str] = None  # "last" (newest run of this recipe) or a run folder / .ckpt path
+    resume: Optional[str] = None  # "last" (newest run of this recipe), a run folder / .ckpt path, or "sweep" (-m: skip finished jobs, resume the rest)
     num_workers: int = 0  # DataLoader workers
     loss: Loss = Loss.ce  # the per-token training loss on supervised tokens
     eaft_top_k: int = 20  # eaft: entropy over the top-k probabilities, normalised by log(k)

@@ -154,7 +154,7 @@ def train_problems(cfg: DictConfig) -> list[str]:
     if cfg.data.sources and t.early_stopping.monitor not in metric_names(cfg):
         p(f"train.early_stopping.monitor={t.early_stopping.monitor!r} is never logged; "
           f"logged metrics: {sorted(metric_names(cfg))}")
-    if t.resume not in (None, "last") and not Path(t.resume).exists():
+    if t.resume not in (None, "last", "sweep") and not Path(t.resume).exists():
         p(f"train.resume={t.resume}: no such run folder or checkpoint")
     return problems
 

@@ -10,6 +10,8 @@ padding a pad-to-longest batch carries.
 
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import numpy as np
 import torch
@@ -106,6 +108,32 @@ class Collator:
         return batch
 
 
+class EpochLoader(DataLoader):
+    """One epoch's training batches, resumable mid-epoch.
+
+    Lightning stores `state_dict()` in every checkpoint: the batches this epoch has trained on,
+    read from the trainer's own progress (the iterator runs a batch ahead). On a resume it calls
+    `load_state_dict()` before iterating, and those batches are skipped (loaded and collated, not
+    trained on: milliseconds against a training step). A state saved in another epoch is ignored:
+    an end-of-epoch checkpoint resumes at the next epoch's first batch.
+    """
+
+    def __init__(self, rows: Rows, epoch: int, trained_batches, **kwargs):
+        self.epoch, self.trained_batches, self.skip = epoch, trained_batches, 0
+        super().__init__(rows, **kwargs)
+
+    def __iter__(self):
+        batches = super().__iter__()
+        skip, self.skip = self.skip, 0
+        return itertools.islice(batches, skip, None) if skip else batches
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": int(self.trained_batches())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skip = state["batches"] if state.get("epoch") == self.epoch else 0
+
+
 class MixDataModule(L.LightningDataModule):
     """Epoch e trains on `mix.train_for_epoch(e)`: a fresh general draw and a fresh packing.
 
@@ -128,12 +156,20 @@ class MixDataModule(L.LightningDataModule):
         rows = Rows(self.mix.train_for_epoch(epoch), self.max_length, self.packing, self.seed + epoch,
                     self.general_sources)
         self.epoch_hashes[epoch] = pairs_hash(zip(rows.ids, rows.labels))  # the lists Rows already read
-        return DataLoader(rows, batch_size=self.batch_size, shuffle=False, collate_fn=self.collate,
-                          num_workers=self.num_workers)
+        # its own generator: making an iterator draws a seed from it (from torch's global generator
+        # without one), which would shift the dropout masks of a run resumed mid-epoch
+        return EpochLoader(rows, epoch, self.trained_batches, batch_size=self.batch_size,
+                           collate_fn=self.collate, num_workers=self.num_workers,
+                           generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def trained_batches(self) -> int:
+        """Batches of the current epoch trained on so far (Lightning's own count)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
             DataLoader(Rows(self.val[n], self.max_length, self.packing, 0), batch_size=self.batch_size,
-                       collate_fn=self.collate, num_workers=self.num_workers)
+                       collate_fn=self.collate, num_workers=self.num_workers,
+                       generator=torch.Generator().manual_seed(0))  # leaves torch's global generator alone
             for n in self.val_names
         ]

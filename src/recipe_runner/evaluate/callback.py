@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from recipe_runner.evaluate.checker import Checker
+from recipe_runner.evaluate.checker import Checker, Reference
 from recipe_runner.evaluate.generation import evaluating
 from recipe_runner.evaluate.intervals import paired_gain
 from recipe_runner.train.module import supervised_loss
@@ -58,6 +59,24 @@ class EvalChecks(L.Callback):
         self.items: dict[int, list] = {}  # epoch -> per-prompt persona adherence (rank 0)
         self.seconds = 0.0  # spent in evaluation (baseline + checks), for the cost report
         self.stop_reason: str | None = None
+        self.restored = False  # from a checkpoint (train.resume)
+
+    STATE = ("baseline", "base_general_loss", "history", "scores", "items", "seconds", "stop_reason")
+
+    def state_dict(self) -> dict:
+        """In every checkpoint: a resumed run neither scores the baseline again nor loses the epochs
+        checked before the interruption (checks.csv, the selection of adapters/best). Plain types
+        only, so the checkpoint loads with weights_only."""
+        ref = self.checker.reference
+        return {**{k: getattr(self, k) for k in self.STATE}, "base_items": self.checker.base_items,
+                "reference": None if ref is None else dataclasses.asdict(ref)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.STATE:
+            setattr(self, k, state[k])
+        self.checker.base_items = state["base_items"]
+        self.checker.reference = Reference(**state["reference"]) if state["reference"] else None
+        self.restored = True
 
     # ------------------------------------------------------------------ before training
 
@@ -72,6 +91,9 @@ class EvalChecks(L.Callback):
                           (f" ... {time.perf_counter() - started:.0f} s ({took})" if started else " ..."), markup=False)
 
     def on_fit_start(self, trainer, pl_module):
+        if self.restored:  # a resumed run: the baseline and the epochs so far came with the checkpoint
+            self.log_baseline(trainer)
+            return
         started = time.perf_counter()
         self.announce(trainer, "prompt-only baseline")
         # under DDP the other ranks wait in the broadcast below; under fsdp every rank takes part
@@ -88,6 +110,9 @@ class EvalChecks(L.Callback):
         self.baseline, self.base_general_loss = trainer.strategy.broadcast((self.baseline, self.base_general_loss))
         self.seconds += time.perf_counter() - started
         self.announce(trainer, "prompt-only baseline", started)
+        self.log_baseline(trainer)
+
+    def log_baseline(self, trainer) -> None:
         metrics = {f"baseline/{k}": v for k, v in self.baseline.items()}
         if self.base_general_loss is not None:
             metrics["baseline/general_loss"] = self.base_general_loss

@@ -10,7 +10,21 @@ from typing import Protocol
 import lightning as L
 
 from recipe_runner.model.adapter_card import write_card
+from recipe_runner.train.atomic import atomic_file, copy_folder, partial_of, publish_folder
 from recipe_runner.train.sharding import save_adapter
+
+
+def write_adapter(model, target: Path, is_global_zero: bool, card: dict | None = None, **fields) -> None:
+    """Every rank calls it (under fsdp saving gathers); rank 0 writes `target/` whole: the weights,
+    the adapter config and the card appear together or not at all (train/atomic.py)."""
+    partial = partial_of(Path(target))
+    if is_global_zero:
+        shutil.rmtree(partial, ignore_errors=True)  # a killed run's leftover
+    save_adapter(model, partial, is_global_zero)
+    if is_global_zero:
+        if card is not None:
+            write_card(partial, card, **fields)
+        publish_folder(partial, Path(target))
 
 
 class Selection(Protocol):
@@ -67,23 +81,20 @@ class AdapterPerEpoch(L.Callback):
             return
         epoch = trainer.current_epoch
         target = self.folder / f"epoch_{epoch:02d}"
-        save_adapter(pl_module.model, target, trainer.is_global_zero)  # every rank: under fsdp a gathering
+        write_adapter(pl_module.model, target, trainer.is_global_zero, self.card,  # every rank: fsdp gathers
+                      epoch=epoch, run_dir=str(self.folder.parent))
         if not trainer.is_global_zero:
             return
-        if self.card is not None:
-            write_card(target, self.card, epoch=epoch, run_dir=str(self.folder.parent))
         score = self.selection.score(trainer)
         if score is None:
             return
         better = self.best_score is None or self.selection.beats(epoch, self.best_epoch, score, self.best_score)
         if better:
             self.best_score, self.best_epoch = score, epoch
-            best = self.folder / "best"
-            shutil.rmtree(best, ignore_errors=True)
-            shutil.copytree(target, best)
-            (self.folder / "best.json").write_text(json.dumps(
-                {"epoch": epoch, "selected_by": self.monitor, "score": self.shown(score),
-                 "step": trainer.global_step}, indent=2))
+            copy_folder(target, self.folder / "best")
+            with atomic_file(self.folder / "best.json") as fh:
+                fh.write(json.dumps({"epoch": epoch, "selected_by": self.monitor, "score": self.shown(score),
+                                     "step": trainer.global_step}, indent=2).encode())
 
     def shown(self, score: float) -> float:
         return self.selection.shown(score)

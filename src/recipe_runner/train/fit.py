@@ -17,33 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from recipe_runner.config.schema import Role, Strategy
 from recipe_runner.data.batches import MixDataModule
 from recipe_runner.data.prepared import Prepared
-from recipe_runner.errors import RecipeError
-from recipe_runner.model.adapter_card import run_card, write_card
+from recipe_runner.model.adapter_card import run_card
 from recipe_runner.model.qlora import build_model
-from recipe_runner.train.adapters import AdapterPerEpoch, MetricSelection, Selection
+from recipe_runner.train.adapters import AdapterPerEpoch, MetricSelection, Selection, write_adapter
+from recipe_runner.train.atomic import AtomicCheckpointIO, copy_folder
 from recipe_runner.train.log_progress import LogProgress
 from recipe_runner.train.module import NonFinite, PersonaModule
-from recipe_runner.train.sharding import FSDPStrategy, save_adapter
-
-
-def find_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """train.resume: "last" (this recipe's newest run with a checkpoint), a run folder or a .ckpt."""
-    resume = cfg.train.resume
-    if resume is None:
-        return None
-    if resume == "last":
-        runs = Path(cfg.paths.output_dir) / "runs" / cfg.name
-        found = sorted((p for p in runs.glob("*/checkpoints/last.ckpt") if run_dir not in p.parents),
-                       key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise RecipeError(f"train.resume=last: no checkpoints/last.ckpt under {runs}")
-        return str(found[-1])
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        raise RecipeError(f"train.resume={resume}: {path} does not exist")
-    return str(path)
+from recipe_runner.train.sharding import FSDPStrategy
 
 
 def build_training(cfg: DictConfig, prepared: Prepared) -> tuple:
@@ -93,6 +73,7 @@ def trainer_for(cfg: DictConfig, run_dir: Path, precision: str, loggers: list, c
         precision=precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=FSDPStrategy() if strategy is Strategy.fsdp else strategy.value,
         logger=loggers, callbacks=cbs, num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],  # last.ckpt is whole or absent, whatever kills the run
         check_val_every_n_epoch=e.val_every_n_epochs, limit_val_batches=e.limit_val_batches,
         log_every_n_steps=cfg.logger.log_every_n_steps, enable_model_summary=False,
         enable_progress_bar=sys.stdout.isatty(),
@@ -136,6 +117,8 @@ def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list
     card = run_card(cfg, prepared.tokenizer, prepared.model_path)
     cbs = callbacks(cfg, run_dir, evals, selection, card)
     trainer = trainer_for(cfg, run_dir, prepared.precision, loggers, cbs)
+    if ckpt and trainer.is_global_zero:
+        carry_adapters(Path(ckpt), run_dir / "adapters")
     started = time.time()
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
@@ -147,9 +130,8 @@ def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list
     seconds = time.time() - started
     if "val/loss" not in trainer.callback_metrics:  # max_steps ended the run before any validation
         trainer.validate(module, datamodule=dm, verbose=False)
-    save_adapter(module.model, run_dir / "adapters" / "last", trainer.is_global_zero)  # every rank: fsdp gathers
-    if trainer.is_global_zero:
-        write_card(run_dir / "adapters" / "last", card, epoch=None, step=trainer.global_step, run_dir=str(run_dir))
+    write_adapter(module.model, run_dir / "adapters" / "last", trainer.is_global_zero, card,  # every rank: fsdp gathers
+                  epoch=None, step=trainer.global_step, run_dir=str(run_dir))
     return Trained(trainer, module, dm, cbs[1], seconds, ckpt)
 
 
@@ -157,4 +139,18 @@ def keep_last_good(adapters: Path) -> None:
     """adapters/last := the newest finished epoch's adapter (none when the first epoch failed)."""
     epochs = sorted(adapters.glob("epoch_*"))
     if epochs:
-        shutil.copytree(epochs[-1], adapters / "last", dirs_exist_ok=True)
+        copy_folder(epochs[-1], adapters / "last")
+
+
+def carry_adapters(ckpt: Path, adapters: Path) -> None:
+    """A resumed run's folder starts with the epochs (and best) its checkpoint's run had saved, so
+    the finished run holds every epoch's adapter, as an uninterrupted one does (an epoch it
+    trains again is written again)."""
+    earlier = ckpt.parent.parent / "adapters"  # <run>/checkpoints/last.ckpt
+    if ckpt.parent.name != "checkpoints" or not earlier.is_dir():
+        return
+    for folder in sorted(earlier.glob("epoch_*")) + [earlier / "best"]:
+        if folder.is_dir():
+            copy_folder(folder, adapters / folder.name)
+    if (earlier / "best.json").exists():
+        shutil.copy2(earlier / "best.json", adapters / "best.json")

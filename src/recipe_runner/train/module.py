@@ -150,6 +150,7 @@ class PersonaModule(L.LightningModule):
         self._batch_started = 0.0
         self._val = {}
         self._val_reduced = False
+        self._rng_states = None  # from a checkpoint, until training resumes
         self._root = []  # under fsdp: [sharding.Root], kept out of the module tree (no second "model." in checkpoints)
 
     def configure_model(self):
@@ -213,6 +214,7 @@ class PersonaModule(L.LightningModule):
         return bool(self.trainer.strategy.reduce(torch.tensor(float(flag), device=self.device), reduce_op="sum") > 0)
 
     def on_train_batch_start(self, batch, batch_idx):
+        self.restore_rng()
         self._batch_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -291,9 +293,23 @@ class PersonaModule(L.LightningModule):
         checkpoint["supervised_seen"] = self.supervised_seen
         checkpoint["role_seen"] = self.role_seen
         checkpoint["train_seconds"] = self.train_seconds
+        # dropout draws from torch's generators: a run resumed from this step masks as the
+        # uninterrupted one did (tensors only: the checkpoint loads with weights_only)
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.supervised_seen = checkpoint.get("supervised_seen", 0)
         self.role_seen = checkpoint.get("role_seen", {})
         self.train_seconds = checkpoint.get("train_seconds", 0.0)
+        self._rng_states = checkpoint.get("rng_states")  # set just before training resumes
+
+    def restore_rng(self) -> None:
+        """A resumed run takes the checkpoint's random state just before its first batch (Lightning
+        calls no epoch-start hook when it resumes mid-epoch)."""
+        if self._rng_states is not None:
+            torch.set_rng_state(self._rng_states["cpu"])
+            if self._rng_states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_states["cuda"])
+            self._rng_states = None
