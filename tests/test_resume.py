@@ -77,6 +77,7 @@ def test_killed_mid_epoch_in_a_checkpoint_write_then_resumed_equals_an_uninterru
     assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == [".last.ckpt.partial", "last.ckpt"]
     ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == kill_at - 1 and ckpt["epoch"] == 1, "mid-epoch 1, the write before the kill"
+    assert all("lora_" in k for k in ckpt["state_dict"]), "checkpoints hold the adapter only"
     assert not (killed / "summary.json").exists()
 
     res = run_cli(*tiny_overrides(tiny_model, tiny_data, out, *base, "train.resume=last",
