@@ -1,19 +1,23 @@
 """Malformed corpus files, as a new user makes them: what `stage=prepare` answers, and how soon.
 
     python bench/bad_input.py              # named cases through the real CLI + random cases in-process
+    python bench/bad_input.py --repeat 3 --no-random    # the CLI cases only, median of 3 runs each
 
 Part 1 runs `python run.py stage=prepare` on each named file (the default recipe with its niche
-source replaced) and prints the exit code, the seconds from the command to its answer, and the
-first line of the answer. Part 2 feeds seeded random bytes and random JSON shapes to every reader
-(iter_source, as prepare does) and counts: records, clear errors (RecipeError naming the file),
-and anything else (tracebacks; must be 0).
+source replaced; the eval case runs stage=train with eval.persona_prompts replaced) and prints
+the exit code, the seconds from the command to its answer (the `error:` line on stderr) and to
+the process's exit, and the last line of the answer. Part 2 feeds seeded random bytes and random
+JSON shapes to every reader (iter_source, as prepare does) and counts: records, clear errors
+(RecipeError naming the file), and anything else (tracebacks; must be 0).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,24 +53,46 @@ def named_cases() -> dict[str, tuple[str, bytes]]:
         "CSV with invalid UTF-8": ("table", b"prompt,response\nhi,\xff\xfe\n"),
         "CSV without the columns": ("table", b"a,b\n1,2\n"),
         "a JSON array in a .jsonl": ("chat_jsonl", ("[" + GOOD + "]\n").encode()),
+        "eval prompts: broken JSON (train)": ("eval", ('{"prompt": "hi"}\n{"prompt": \n').encode()),
     }
 
 
-def part1(tmp: Path) -> None:
+def overrides(fmt: str, path: Path) -> list[str]:
+    if fmt == "eval":  # read by the evaluation of stage=train
+        return [f"eval.persona_prompts={path}"]
+    return ["stage=prepare", f"data.sources.alex.path={path}", f"data.sources.alex.format={fmt}",
+            "data.sources.alex.max_examples=null"]
+
+
+def timed_run(args: list[str], env: dict) -> tuple[int, float, float, str]:
+    """(exit code, seconds to the `error:` line (to the exit if none), seconds to the exit, stderr)."""
+    started = time.time()
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    answered, lines = None, []
+    for line in proc.stderr:  # stderr is line-buffered: the line arrives when it is printed
+        lines.append(line)
+        if answered is None and line.startswith("error:"):
+            answered = time.time() - started
+    proc.wait()
+    ended = time.time() - started
+    return proc.returncode, answered or ended, ended, "".join(lines)
+
+
+def part1(tmp: Path, repeat: int = 1) -> None:
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    print(f"{'case':<34} {'exit':>4} {'seconds':>7}  answer")
+    print(f"{'case':<34} {'exit':>4} {'answer s':>8} {'exit s':>6}  answer")
     for name, (fmt, data) in named_cases().items():
-        path = tmp / f"{name.split()[0].lower()}-{abs(hash(name)) % 10**6}.{'csv' if fmt == 'table' else 'jsonl'}"
+        suffix = "csv" if fmt == "table" else "jsonl"
+        path = tmp / f"{name.split()[0].lower().rstrip(':')}-{abs(hash(name)) % 10**6}.{suffix}"
         path.write_bytes(data)
-        started = time.time()
-        res = subprocess.run([sys.executable, "run.py", "stage=prepare", f"data.sources.alex.path={path}",
-                              f"data.sources.alex.format={fmt}", "data.sources.alex.max_examples=null",
-                              "logger.wandb.enabled=false", f"paths.output_dir={tmp / 'out'}"],
-                             cwd=REPO, capture_output=True, text=True, env=env)
-        seconds = time.time() - started
-        answer = (res.stderr.strip().splitlines() or ["(ok)"])[-1] if res.returncode else "loaded"
-        traceback = "Traceback" in res.stderr
-        print(f"{name:<34} {res.returncode:>4} {seconds:>7.1f}  {'TRACEBACK ' if traceback else ''}{answer[:150]}")
+        runs = [timed_run([sys.executable, "run.py", *overrides(fmt, path), "logger.wandb.enabled=false",
+                           f"paths.output_dir={tmp / 'out'}"], env) for _ in range(repeat)]
+        code, _, _, stderr = runs[-1]
+        answered = statistics.median(r[1] for r in runs)
+        ended = statistics.median(r[2] for r in runs)
+        answer = (stderr.strip().splitlines() or ["(ok)"])[-1] if code else "loaded"
+        traceback = "Traceback" in stderr
+        print(f"{name:<34} {code:>4} {answered:>8.1f} {ended:>6.1f}  {'TRACEBACK ' if traceback else ''}{answer[:150]}")
 
 
 def random_json(rng: random.Random, depth: int = 0):
@@ -116,6 +142,11 @@ def part2(tmp: Path, n: int = 300) -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=1, help="CLI runs per named case; the median seconds are shown")
+    parser.add_argument("--no-random", action="store_true", help="skip part 2 (random cases in-process)")
+    opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        part1(Path(tmp))
-        part2(Path(tmp))
+        part1(Path(tmp), opts.repeat)
+        if not opts.no_random:
+            part2(Path(tmp))

@@ -55,6 +55,29 @@ def test_a_byte_order_mark_and_crlf_line_ends_load(tmp_path, tokenizer):
     assert [m["content"] for m in read(csv, Format.table, tokenizer)[0]["messages"]] == ["hi", "yo"]
 
 
+def test_a_bad_line_is_reported_before_the_training_stack_or_a_tokenizer_loads(tmp_path):
+    """`python run.py` (stage=train) on a broken corpus: the error comes from the early data check
+    (data/precheck.py), before `pipeline` imports Lightning and transformers. Python's own import
+    log (-X importtime, here as its environment variable) shows which modules the process had
+    imported when the error was printed, and the fresh cache folder shows that no tokenizer or
+    model was looked for (the embedded model would have been converted into it first)."""
+    from conftest import run_cli
+
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(CHAT) + "\n" + '{"messages": [' + "\n")
+    res = run_cli(f"data.sources.alex.path={path}", "data.sources.alex.max_examples=null", "logger.wandb.enabled=false",
+                  f"paths.output_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}",
+                  env={"PYTHONPROFILEIMPORTTIME": "1"}, timeout=120)
+    before, error, _ = res.stderr.partition(f"error: {path}:2: broken JSON (Expecting value at column 1)\n")
+    assert res.returncode == 2 and error, res.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in before.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "recipe_runner" in imported
+    # (torch itself is imported earlier, by config validation's `uses_gpu`: not asserted here)
+    assert not imported & {"lightning", "transformers", "datasets", "peft"}, "imported before the error"
+    assert not (tmp_path / "cache").exists()
+
+
 def test_deeply_nested_json_is_a_file_line_error(tmp_path, tokenizer):
     path = tmp_path / "deep.jsonl"
     path.write_text(json.dumps(CHAT) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")

@@ -1,6 +1,7 @@
 """Corpus, templates and mixing on small files written here, with the real SmolLM2 tokenizer."""
 
 import json
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -125,6 +126,46 @@ def test_invalid_utf8_names_the_line(tmp_path, tok):
     path.write_bytes(b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n')
     with pytest.raises(RecipeError, match=r"latin1.jsonl:1: invalid UTF-8"):
         load_source("x", OmegaConf.structured(SourceConfig(path=str(path))), tok)
+
+
+def test_the_early_check_reads_only_what_the_data_cache_has_not(tmp_path, tok, tiny_data):
+    """check_data (run before the tokenizer loads) reads every source prepare would read, and none
+    whose clean entry is complete: a large valid corpus is not parsed twice on a warm run."""
+    from recipe_runner.config.schema import Stage
+    from recipe_runner.data.precheck import check_data
+
+    cfg = tiny_cfg(tiny_data, 2, cache=True)
+    cfg.paths.cache_dir = str(tmp_path / "cache")
+    assert check_data(cfg, Stage.prepare) == ["alex", "general"]
+    prepare_data(cfg, tok)
+    assert check_data(cfg, Stage.prepare) == []  # the keys it looks up are prepare's own
+    # the evaluation's files are read for stage=train only, with read_jsonl's own message
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "hi"}\n{"prompt": \n')
+    cfg.eval.persona_prompts = str(bad)
+    assert check_data(cfg, Stage.prepare) == []
+    message = f'{bad}:2: broken JSON (Expecting value at column 12); expected an object with "prompt" ' \
+              "(eval.persona_prompts)"
+    with pytest.raises(RecipeError, match=f"^{re.escape(message)}$"):
+        check_data(cfg, Stage.train)
+
+
+def test_the_early_check_stops_where_prepare_stops(tmp_path):
+    """A max_examples cut: the early check reads as far as prepare does, never further, so it
+    reports no error prepare would not. Chunked text is cut by tokens: checked up to its first text."""
+    from recipe_runner.data.precheck import check_source
+
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(good + "\n" + good + "\n{broken\n")
+    check_source("c", OmegaConf.structured(SourceConfig(path=str(chat), max_examples=2)))
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(chat))}:3: broken JSON"):
+        check_source("c", OmegaConf.structured(SourceConfig(path=str(chat), max_examples=3)))
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"text": "a long text"}\n{broken\n')
+    check_source("t", OmegaConf.structured(SourceConfig(path=str(text), format="text_jsonl", max_examples=5)))
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(text))}:2: broken JSON"):
+        check_source("t", OmegaConf.structured(SourceConfig(path=str(text), format="text_jsonl")))
 
 
 def test_plain_text_source_is_chunked_with_overlap(tmp_path, tok):

@@ -9,7 +9,8 @@
 
 `run` validates the recipe for the stage it dispatches to before anything heavy loads; the
 training pipeline (torch, Lightning, datasets) is imported only by the stages that train, so
-chat, serve, export and every config error start in seconds.
+chat, serve, export and every config error start in seconds. Before it is, prepare and train
+read their data files once (data/precheck.py): a malformed line is reported in seconds too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def run(cfg: DictConfig, run_dir: Path, job: dict) -> dict:
         return use(cfg, stage, run_dir)
     if stage is Stage.synthesize:
         return synthesize(cfg, run_dir)
+    from recipe_runner.data.precheck import check_data
+
+    check_data(cfg, stage)  # a data error before Lightning, transformers, the tokenizer and the model
     from recipe_runner import pipeline
 
     return pipeline.run(cfg, stage, run_dir, job, started)

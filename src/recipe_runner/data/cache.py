@@ -5,6 +5,9 @@ settings for a cleaned source; that key plus tokenizer, template and persona for
 one). A changed template re-tokenizes and re-reads nothing; a changed mix ratio, seed or
 learning rate touches neither. Folders are built under a temporary name and renamed into
 place, so an interrupted prepare never leaves a half-written entry behind.
+
+The clean key is computed here, not in prepare.py, so the early data check (precheck.py) can
+look an entry up before datasets, a tokenizer or torch load.
 """
 
 from __future__ import annotations
@@ -17,9 +20,36 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from omegaconf import OmegaConf
+
+from recipe_runner.config.schema import Format
+from recipe_runner.data.hashing import file_hash
+
+VERSION = 1  # bump when the cached layout or the cleaning/encoding semantics change
+CHUNKED = (Format.text, Format.text_jsonl)  # cut into windows by tokens: the clean key holds the tokenizer's hash
+TOKEN_BOUNDS = ("min_tokens", "max_tokens")  # data.clean keys applied after tokenizing: in the tokens key only
+
 
 def key_of(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_hash(src) -> str:
+    path = Path(src.path)
+    if path.exists():
+        return file_hash(path)
+    return key_of("hub", src.path, src.subset, src.split)  # a hub name: its identity is all we can hash
+
+
+def clean_key(src, cfg, sha: str, tok_hash: str | None) -> str:
+    """The key of a source's clean entry: its content hash and settings, data.clean without the
+    token bounds, the placeholders, and for chunked text the tokenizer (`tok_hash`)."""
+    clean_cfg = OmegaConf.to_container(cfg.data.clean, resolve=True)
+    for k in TOKEN_BOUNDS:
+        clean_cfg.pop(k)
+    text_tokens = tok_hash if Format(src.format) in CHUNKED else None
+    return key_of(VERSION, sha, OmegaConf.to_container(src, resolve=True), clean_cfg,
+                  dict(cfg.data.placeholders), text_tokens)
 
 
 class DataCache:
@@ -27,6 +57,13 @@ class DataCache:
         """root None: no cache; every entry is built in a temporary folder for this process only."""
         self.root = Path(root) if root else None
         self._scratch: tempfile.TemporaryDirectory | None = None
+
+    def done(self, kind: str, key: str) -> bool:
+        """Whether the (kind, key) entry is complete in the cache folder (never, without one)."""
+        return self.root is not None and (self.folder(kind, key) / "DONE").exists()
+
+    def folder(self, kind: str, key: str) -> Path:
+        return self.root / f"{kind}-{key[:16]}"
 
     def entry(self, kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
         """The folder for (kind, key), built by `build(folder)` if missing; returns (folder, reused)."""
@@ -38,7 +75,7 @@ class DataCache:
                 folder.mkdir()
                 build(folder)
             return folder, False
-        folder = self.root / f"{kind}-{key[:16]}"
+        folder = self.folder(kind, key)
         if (folder / "DONE").exists():
             return folder, True
         self.root.mkdir(parents=True, exist_ok=True)

@@ -228,11 +228,13 @@ def fill_placeholders(example: dict, values: dict[str, str]) -> dict:
 # ---------------------------------------------------------------- sources: config -> examples
 
 def iter_source(name: str, cfg: SourceConfig, tokenizer, placeholders: dict[str, str] | None = None,
-                bad: BadLines | None = None) -> Iterator[dict]:
+                bad: BadLines | None = None, chunk: bool = True) -> Iterator[dict]:
     """Examples of one source, one at a time; skipped bad lines are added to `bad.count`.
 
     Config mistakes (missing path, a malformed `columns`) raise here, at the call; data problems
     raise while iterating, and a source that yields nothing raises when the generator finishes.
+    `chunk=False` (the early data check, no tokenizer yet) yields plain text whole, one example
+    per record, instead of cutting it into windows of tokens.
     """
     if isinstance(cfg, DictConfig):  # plain attributes: normalisers read cfg once per record
         cfg = OmegaConf.to_object(cfg)
@@ -243,7 +245,8 @@ def iter_source(name: str, cfg: SourceConfig, tokenizer, placeholders: dict[str,
         raise RecipeError(f"{key}.path: {path} does not exist (working directory: {Path.cwd()})")
     if FORMATS[fmt][1] is mapped and cfg.columns:
         shape_of(cfg.columns, key)
-    return _examples(name, key, fmt, path, cfg, tokenizer, placeholders or {}, bad if bad is not None else BadLines())
+    return _examples(name, key, fmt, path, cfg, tokenizer if chunk else None, placeholders or {},
+                     bad if bad is not None else BadLines())
 
 
 def _with_detected_columns(records: Iterator, cfg: SourceConfig, fmt: Format, key: str):
@@ -275,7 +278,7 @@ def _examples(name: str, key: str, fmt: Format, path: Path, cfg: SourceConfig, t
 
 def _pieces(name: str, records: Iterator, normalise: Callable, cfg: SourceConfig, tokenizer,
             placeholders: dict[str, str], bad: BadLines) -> Iterator[dict]:
-    """Normalise each record (or count it as bad), fill placeholders, chunk long text."""
+    """Normalise each record (or count it as bad), fill placeholders, chunk long text (with a tokenizer)."""
     skip = BadLine(cfg.on_bad_line) is BadLine.skip
     for where, record in records:
         try:
@@ -287,7 +290,7 @@ def _pieces(name: str, records: Iterator, normalise: Callable, cfg: SourceConfig
             continue
         if placeholders:
             example = fill_placeholders(example, placeholders)
-        pieces = chunk_text(example, cfg, tokenizer) if example["text"] else [example]
+        pieces = chunk_text(example, cfg, tokenizer) if example["text"] and tokenizer is not None else [example]
         yield from ({"source": name, **piece} for piece in pieces)
 
 

@@ -23,30 +23,21 @@ from datasets import Dataset, Features, concatenate_datasets, disable_progress_b
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from recipe_runner.data.cache import DataCache, key_of
+from recipe_runner.data.cache import TOKEN_BOUNDS, VERSION, DataCache, clean_key, key_of, source_hash
 from recipe_runner.data.cleaning import Cleaner, token_bounds
 from recipe_runner.data.corpus import BadLines, iter_source
 from recipe_runner.errors import RecipeError
-from recipe_runner.data.hashing import file_hash
 from recipe_runner.data.mixing import Mix, mix
 from recipe_runner.data.source_data import SourceData
-from recipe_runner.config.schema import Format, Role, SystemPrompt, TemplateConfig, TrainOn
+from recipe_runner.config.schema import Role, SystemPrompt, TemplateConfig, TrainOn
 from recipe_runner.data.templates import Encoder, apply_named_template, preflight, render_persona
 
-VERSION = 1  # bump when the cached layout or the cleaning/encoding semantics change
 BATCH = 1000  # examples per Arrow record batch: ~0.5 MB of text, bounded memory at any corpus size
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("train", pa.bool_())])
 EXAMPLE = pa.schema([("source", pa.string()), ("messages", pa.list_(MESSAGE)), ("text", pa.string())])
 ENCODED = pa.schema(list(EXAMPLE) + [(c, pa.list_(pa.int32())) for c in ("input_ids", "labels")]
                     + [(c, pa.int32()) for c in ("n_tokens", "n_supervised", "n_turns", "n_eot")])
-
-
-def source_hash(src) -> str:
-    path = Path(src.path)
-    if path.exists():
-        return file_hash(path)
-    return key_of("hub", src.path, src.subset, src.split)  # a hub name: its identity is all we can hash
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -163,18 +154,16 @@ def build_tokens(folder: Path, name: str, cleaned: Dataset, encoder: Encoder, cf
 def prepare_source(name: str, src, cfg, tokenizer, encoder: Encoder, cache: DataCache, tok_hash: str) -> SourceData:
     sha = source_hash(src)
     clean_cfg = OmegaConf.to_container(cfg.data.clean, resolve=True)
-    text_tokens = tok_hash if Format(src.format) in (Format.text, Format.text_jsonl) else None  # chunked by tokens
-    by_tokens = {k: clean_cfg.pop(k) for k in ("min_tokens", "max_tokens")}
-    clean_key = key_of(VERSION, sha, OmegaConf.to_container(src, resolve=True), clean_cfg,
-                       dict(cfg.data.placeholders), text_tokens)
-    clean_dir, clean_reused = cache.entry("clean", clean_key, lambda f: build_clean(f, name, src, cfg, tokenizer))
+    by_tokens = {k: clean_cfg[k] for k in TOKEN_BOUNDS}
+    c_key = clean_key(src, cfg, sha, tok_hash)
+    clean_dir, clean_reused = cache.entry("clean", c_key, lambda f: build_clean(f, name, src, cfg, tokenizer))
     stats = json.loads((clean_dir / "stats.json").read_text())
 
     def tokenize(folder: Path) -> None:  # only on a cache miss: a warm prepare never opens the cleaned rows
         cleaned = Dataset.from_file(str(clean_dir / "examples.arrow")).select(np.load(clean_dir / "keep.npy"))
         build_tokens(folder, name, cleaned, encoder, cfg)
 
-    tok_key = key_of(VERSION, clean_key, tok_hash, OmegaConf.to_container(cfg.template, resolve=True),
+    tok_key = key_of(VERSION, c_key, tok_hash, OmegaConf.to_container(cfg.template, resolve=True),
                      encoder.persona, src.system, cfg.data.max_length, by_tokens)
     tok_dir, tok_reused = cache.entry("tokens", tok_key, tokenize)
     tok_stats = json.loads((tok_dir / "stats.json").read_text())
@@ -186,7 +175,7 @@ def prepare_source(name: str, src, cfg, tokenizer, encoder: Encoder, cache: Data
         name=name, role=Role(src.role), weight=src.weight, upsample=src.upsample, ds=ds.select(keep),
         n_tokens=n_tokens.astype(np.int64), n_turns=n_turns.astype(np.int64), bands=bands, read=stats["read"], bad_lines=stats["bad_lines"],
         cleaned={**stats["cleaned"], **tok_stats["cleaned"]}, samples={**stats["samples"], **tok_stats["samples"]},
-        sha256=sha, cache={"clean": {"key": clean_key, "reused": clean_reused},
+        sha256=sha, cache={"clean": {"key": c_key, "reused": clean_reused},
                            "tokens": {"key": tok_key, "reused": tok_reused}},
     )
 
