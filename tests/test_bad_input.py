@@ -57,7 +57,7 @@ def test_a_byte_order_mark_and_crlf_line_ends_load(tmp_path, tokenizer):
 
 def test_a_bad_line_is_reported_before_the_training_stack_or_a_tokenizer_loads(tmp_path):
     """`python run.py` (stage=train) on a broken corpus: the error comes from the early data check
-    (data/precheck.py), before `pipeline` imports Lightning and transformers. Python's own import
+    (data/precheck.py), before torch, Lightning or transformers load. Python's own import
     log (-X importtime, here as its environment variable) shows which modules the process had
     imported when the error was printed, and the fresh cache folder shows that no tokenizer or
     model was looked for (the embedded model would have been converted into it first)."""
@@ -73,8 +73,7 @@ def test_a_bad_line_is_reported_before_the_training_stack_or_a_tokenizer_loads(t
     imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in before.splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert "recipe_runner" in imported
-    # (torch itself is imported earlier, by config validation's `uses_gpu`: not asserted here)
-    assert not imported & {"lightning", "transformers", "datasets", "peft"}, "imported before the error"
+    assert not imported & {"torch", "lightning", "transformers", "datasets", "peft"}, "imported before the error"
     assert not (tmp_path / "cache").exists()
 
 

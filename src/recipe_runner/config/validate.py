@@ -124,10 +124,15 @@ def recipe_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def _uses_gpu(accelerator: str) -> bool:
+    # torch only here: a bad corpus is reported before torch loads (~3 s of a 2-core machine)
+    from recipe_runner.model.qlora import uses_gpu
+
+    return uses_gpu(accelerator)
+
+
 def train_problems(cfg: DictConfig) -> list[str]:
     """Optimizer, loss, precision and scale settings: all checked before any weight loads."""
-    from recipe_runner.model.qlora import uses_gpu  # torch: not at import, `run.py` scans recipes before it needs torch
-
     problems: list[str] = []
     p = problems.append
     t = cfg.train
@@ -144,7 +149,7 @@ def train_problems(cfg: DictConfig) -> list[str]:
     if t.kl_to_base > 0 and cfg.model.full_finetune:
         p("train.kl_to_base > 0 needs a LoRA adapter (the base model is the same model with the adapter "
           "disabled); it does not work with model.full_finetune=true")
-    if precision is Precision["16-mixed"] and not uses_gpu(t.accelerator):
+    if precision is Precision["16-mixed"] and not _uses_gpu(t.accelerator):
         p("train.precision='16-mixed': float16 autocast needs a GPU; on CPU use bf16-mixed or 32-true (or auto)")
     if strategy is Strategy.fsdp and precision is Precision["16-mixed"]:
         p("train.precision='16-mixed' with train.strategy=fsdp: Lightning's FSDP2 strategy has no float16 "

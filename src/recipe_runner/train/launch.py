@@ -33,9 +33,8 @@ def reset_distributed(saved: dict) -> None:
     The launcher leaves LOCAL_RANK=0, MASTER_PORT ... in os.environ; the next DDP job of a sweep
     would take them to mean "started by torchrun" and wait forever for ranks nobody starts.
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")  # not imported: no group to destroy (and exit stays fast)
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     for key, value in saved.items():
         if value is None:
