@@ -187,7 +187,8 @@ def test_stage_prepare_writes_data_only_and_is_deterministic(tmp_path, tiny_mode
     hashes = []
     for i, seed in enumerate([1234, 1234, 99]):
         out = tmp_path / str(i)
-        res = run_cli("stage=prepare", *tiny_overrides(tiny_model, tiny_data, out, f"data.mix.seed={seed}"))
+        res = run_cli("stage=prepare", *tiny_overrides(tiny_model, tiny_data, out, f"data.mix.seed={seed}",
+                                                            "logger.wandb.enabled=false"))
         assert res.returncode == 0, res.stderr[-2000:]
         run_dir = next((out / "runs").glob("*/*"))
         manifest = json.loads((run_dir / "manifest.json").read_text())

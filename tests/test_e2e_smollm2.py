@@ -10,7 +10,7 @@ def test_default_recipe_runs_on_embedded_smollm2(tmp_path):
     # evaluation 346 of this test's 407 s
     res = run_cli("train.max_steps=3", "train.batch_size=2", "train.grad_accum=1",
                   "data.sources.alex.max_examples=10", "data.max_val_examples=4",
-                  "eval.max_prompts=4", "eval.max_new_tokens=16", f"paths.output_dir={tmp_path}")
+                  "eval.max_prompts=4", "eval.max_new_tokens=8", f"paths.output_dir={tmp_path}")
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -1,7 +1,7 @@
 """Loss options: EAFT weights (formula, top-k, no gradient), KL to the base model, the general-token
-mask in batches, and an end-to-end CLI run with train.loss=eaft and train.kl_to_base on."""
+mask in batches. The CLI run with train.loss=eaft and train.kl_to_base on is in test_resume.py
+(the killed sweep trains with both)."""
 
-import csv
 import math
 
 import numpy as np
@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import only_run_dir, run_cli, tiny_overrides
 from recipe_runner.train.losses import eaft_weights, kl_to_base, token_ce
 
 
@@ -268,20 +267,3 @@ def test_module_refuses_bad_settings(lora_model):
         PersonaModule(lora_model, *args, kl_to_base=-1.0)
     with pytest.raises(RecipeError, match="full_finetune"):
         PersonaModule(lora_model.get_base_model(), *args, kl_to_base=0.1)
-
-
-# ---------------------------------------------------------------- end to end
-
-
-def test_cli_run_with_eaft_and_kl_logs_both(tiny_model, tiny_data, tmp_path):
-    res = run_cli(*tiny_overrides(tiny_model, tiny_data, tmp_path, "train.loss=eaft", "train.kl_to_base=0.1",
-                                  "train.max_steps=2", "logger.wandb.enabled=false"))
-    assert res.returncode == 0, res.stderr[-3000:]
-    run_dir = only_run_dir(tmp_path)
-    metrics = list(csv.DictReader(open(run_dir / "logs" / "metrics.csv")))
-    assert {"train/eaft_weight_mean", "train/kl_to_base", "train/ce", "val/loss"} <= set(metrics[0])
-    weights = [float(r["train/eaft_weight_mean"]) for r in metrics if r["train/eaft_weight_mean"]]
-    kls = [float(r["train/kl_to_base"]) for r in metrics if r["train/kl_to_base"]]
-    assert weights and all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights)
-    assert kls and all(math.isfinite(k) and k >= 0.0 for k in kls)
-    assert [float(r["val/loss"]) for r in metrics if r["val/loss"]]
