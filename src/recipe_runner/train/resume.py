@@ -6,7 +6,8 @@
   swept values) in this recipe's earlier sweep folders, newest first. A job that finished there
   (summary.json, no error.txt) is not run again: its folder is copied into the new sweep folder
   (files of 1 MB or more as hard links: no second copy of the adapters on disk), so the new
-  folder holds the whole sweep for stage=compare. A job that left a checkpoint resumes from it; any other starts afresh.
+  folder holds the whole sweep for stage=compare. A job that left a checkpoint resumes from it;
+  any other starts afresh.
 
 Checkpoints are written atomically (train/atomic.py), so `last.ckpt` is always a whole file;
 a killed write leaves only a `.last.ckpt.partial`, which nothing here reads.
