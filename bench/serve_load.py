@@ -28,8 +28,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +42,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from bench_serve import process_cpu  # noqa: E402  (bench/ is the script folder)
+from bench_serve import free_port, process_cpu, stop  # noqa: E402  (bench/ is the script folder)
 from machine import busy_cpu_seconds, cpu_seconds  # noqa: E402
 
 MAX_BODY, MAX_CONTEXT, MAX_TOKENS = 65536, 2048, 512  # serve.* defaults (config/schema.py ServeConfig)
@@ -77,12 +75,6 @@ def kinds(model: str, max_tokens: int) -> list[tuple[str, int, str, str, object,
         ("wrong path", 1, "POST", "/v1/completions", chat(), {404}),
         ("wrong method", 1, "GET", "/v1/chat/completions", None, {405}),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_run(work: Path, env: dict) -> Path:
@@ -204,12 +196,7 @@ def main() -> None:
         with httpx.Client() as http:
             after = http.post(f"{url}/v1/chat/completions", timeout=600, content=table[0][4]).status_code
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     summaries = list(work.glob("use/serve/*/summary.json"))
     summary = json.loads(summaries[0].read_text()) if summaries else {}
     shutil.rmtree(work, ignore_errors=True)
