@@ -1,8 +1,9 @@
 """The Hydra entry point behind `python run.py`.
 
-Before Hydra composes anything, the recipes and sweep files named on the command line (and the
-recipes they build on) are scanned: shared files are data (config/recipe_scan.py). The user's own
-settings file is added as overrides (config/user_settings.py), and a recipe given by path is made
+Before Hydra runs the job, the recipes and sweep files named on the command line (and the
+recipes they build on) are scanned as text (config/recipe_scan.py), the user's own settings file
+is added as overrides (config/user_settings.py), and the config is composed with and without the
+shared files (config/composed_check.py): shared files are data. A recipe given by path is made
 visible to Hydra as an ordinary option of the `recipe` group. User mistakes print one `error:`
 message and exit 2.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -20,11 +22,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 RECIPES = REPO / "recipes"
+DEFAULT_RECIPE = "alex_persona_cpu"  # conf/config.yaml's default
 
 
-def _recipe_files(argv: list[str]) -> tuple[list[str], list[Path]]:
-    """Rewrite `recipe=path/to/x.yaml` into a search-path option; return argv and the files to scan."""
-    files, out, staged = [], [], None
+def _recipe_files(argv: list[str]) -> tuple[list[str], dict[str, Path], Path | None]:
+    """Rewrite `recipe=path/to/x.yaml` into a search-path option; return argv, the recipes the
+    command may compose (Hydra's option name -> file) and the folder staging recipes given by path."""
+    recipes, out, staged = {}, [], None
     for arg in argv:
         if not arg.startswith("recipe="):
             out.append(arg)
@@ -43,22 +47,36 @@ def _recipe_files(argv: list[str]) -> tuple[list[str], list[Path]]:
                 link = staged / "recipe" / f"{option}.yaml"
                 if not link.exists():
                     link.symlink_to(path)
-                files.append(path)
+                recipes[option] = path
                 names.append(option)
             elif any(c in value for c in "()*["):  # choice(...), glob(...): any recipe may be picked
-                files += sorted(RECIPES.glob("*.yaml"))
+                recipes.update({p.stem: p for p in sorted(RECIPES.glob("*.yaml"))})
                 names.append(value)
             else:
                 candidate = RECIPES / f"{value}.yaml"
                 if not candidate.exists():
                     known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
                     raise_user(f"recipe={value}: no recipes/{value}.yaml; known recipes: {known}")
-                files.append(candidate)
+                recipes[value] = candidate
                 names.append(value)
         out.append("recipe=" + ",".join(names))
     if staged:  # a flag, not an override: argparse rejects positionals split around --cfg
         out = ["--config-dir", str(staged), *out]
-    return out, files
+    if not recipes:
+        recipes[DEFAULT_RECIPE] = RECIPES / f"{DEFAULT_RECIPE}.yaml"
+    return out, recipes, staged
+
+
+def _sweep_file(argv: list[str]) -> tuple[str, Path] | None:
+    """`sweep=NAME`: conf/sweep/NAME.yaml, a shared file like a recipe."""
+    names = [a.split("=", 1)[1] for a in argv if a.startswith("sweep=")]
+    if not names or names[-1] == "none":
+        return None
+    name, sweeps = names[-1], CONF / "sweep"
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name or not (sweeps / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in sweeps.glob("*.yaml"))
+        raise_user(f"sweep={name}: no conf/sweep/{name}.yaml; known sweeps: {known}")
+    return name, sweeps / f"{name}.yaml"
 
 
 SWEEP_MARKS = (",", "range(", "choice(", "glob(", "interval(")
@@ -89,23 +107,18 @@ def raise_user(message: str):
 
 def main() -> None:
     from recipe_runner.errors import RecipeError
-    from recipe_runner.config.recipe_scan import scan_overrides, scan_shared_file
+    from recipe_runner.config.composed_check import SharedFiles, check_composed
+    from recipe_runner.config.recipe_scan import scan_overrides, scan_shared_files
     from recipe_runner.config.user_settings import file_overrides, settings_file
 
     try:
-        argv, files = _recipe_files(sys.argv[1:])
-        default = RECIPES / "alex_persona_cpu.yaml"
-        for f in files or ([default] if default.exists() else []):
-            scan_shared_file(f, "recipe", RECIPES, CONF / "sweep")
-        for arg in argv:  # sweep files are shared like recipes: data only
-            if arg.startswith("sweep="):
-                sweep = CONF / "sweep" / f"{arg.split('=', 1)[1]}.yaml"
-                if not sweep.exists():
-                    known = sorted(p.stem for p in (CONF / "sweep").glob("*.yaml"))
-                    raise_user(f"{arg}: no conf/sweep/{sweep.name}; known sweeps: {known}")
-                scan_shared_file(sweep, "sweep", RECIPES, CONF / "sweep")
+        argv, recipes, staged = _recipe_files(sys.argv[1:])
+        sweep = _sweep_file(argv)  # sweep files are shared like recipes: data only
+        shared = [(p, "recipe") for p in recipes.values()] + ([(sweep[1], "sweep")] if sweep else [])
+        locations = scan_shared_files(shared, RECIPES, CONF / "sweep", CONF)  # the fast line: file:line
         scan_overrides([a for a in argv if "=" in a])
         argv = _with_user_settings(argv, file_overrides(settings_file(), _override_keys(argv)))
+        check_composed(CONF, staged, argv, SharedFiles(recipes, sweep, locations), REPO / "data")  # the firm one
     except RecipeError as exc:
         raise_user(str(exc))
     modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run")]

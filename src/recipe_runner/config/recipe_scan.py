@@ -1,18 +1,19 @@
-"""Shared recipe and sweep files are data: each is scanned before Hydra reads anything.
+"""The fast first line: shared files scanned as text, with file, line and key, before Hydra runs.
 
 A recipe (recipes/*.yaml, or a path) and a sweep file (conf/sweep/*.yaml) are files people send
-each other. One is refused, with its file, line and key, when it
+each other. One is refused when it
+- is too big, or expands (through YAML aliases) past a bound (shared_yaml.py);
 - names code: `_target_`, `_partial_`, `trust_remote_code`;
-- points a folder it writes (`synth.out`) outside the working directory (absolute, `..`, `~`);
-- calls an interpolation resolver other than the pure ones below: `${oc.env:...}` reads the
-  environment (a secret in `description` would land in every config file and in W&B),
-  `oc.decode` and `oc.create` turn strings back into interpolations;
-- sets a user setting (user_settings.py: the judge's endpoint and key variable, W&B mode, entity
-  and project, output paths, the synthesis generator) or any `hydra.*` key (`hydra.job.env_set` sets environment
-  variables such as WANDB_MODE or WANDB_BASE_URL; the launcher decides where jobs run). A sweep
-  file may set `hydra.sweeper.params` and nothing else.
-Files a recipe builds on (its defaults list) and recipes a sweep file sweeps over are scanned too.
-The project's own conf/ groups are code, not shared data, and may use resolvers (cache paths).
+- calls a resolver other than the pure ones (interpolations.py, OmegaConf's own grammar);
+- sets a user setting (user_settings.py) or any `hydra.*` key (a sweep file: `hydra.sweeper.params`
+  only, and no user setting among the swept keys);
+- points a folder it writes (`synth.out`) outside the working directory;
+- has a defaults entry that is not a plain name of another file of its own kind, or a choice in
+  the groups a recipe may choose (`/model`, `/logger`): no `/`, `..`, `@`, `${`, unknown groups,
+  so Hydra never loads a file from outside recipes/ (or conf/sweep/) on a shared file's say.
+Where its keys land comes from Hydra's own header parser. Files a recipe builds on and recipes a
+sweep file sweeps over are scanned too. The scan also records where each key is set, so the
+composed check (composed_check.py: the one that cannot be talked around) names file and line.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from recipe_runner.errors import RecipeError
+from recipe_runner.config.interpolations import resolver_problem
+from recipe_runner.config.shared_yaml import package_prefix, read_shared_yaml
 from recipe_runner.config.user_settings import USER_SETTINGS, holds_user_setting, user_setting
 
 FORBIDDEN = {
@@ -30,36 +33,47 @@ FORBIDDEN = {
     "_partial_": "recipes are data: recipe-runner never instantiates classes named in a recipe",
     "trust_remote_code": "a shared recipe cannot make this process run code from a model repository",
 }
-PURE_RESOLVERS = ("now", "oc.select", "oc.dict.keys", "oc.dict.values")  # read only the config and the clock
-RESOLVER = re.compile(r"\$\{\s*([^\s:{}]+)\s*:")  # ${name: ...}; a plain ${a.b} reference has no colon
 SWEEP_PARAMS = "hydra.sweeper.params"
 WRITTEN_PATHS = ("synth.out",)  # folders a run writes into that a recipe may name
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file name in a group: no /, no leading dot
+CHOOSABLE_GROUPS = {"recipe": ("/model", "/logger"), "sweep": ()}  # groups a shared file's defaults may choose
 USER_RULE = ("is a user setting ({why}): a shared file cannot set it; set it on the command line or in your own "
              "~/.config/recipe-runner/user.yaml")
 
 
-class SharedFileScan:
-    """Walks one file's YAML nodes with their key paths; `kind` is recipe or sweep."""
+def plain_name(text: str) -> bool:
+    return bool(PLAIN_NAME.fullmatch(text)) and ".." not in text
 
-    def __init__(self, recipes: Path, sweeps: Path, seen: set[Path]):
-        self.recipes, self.sweeps, self.seen = recipes, sweeps, seen
+
+class SharedFileScan:
+    """Walks shared files' YAML nodes with their key paths; `kind` is recipe or sweep.
+    `locations` maps each key path set to `file:line` (the first file that sets it)."""
+
+    def __init__(self, recipes: Path, sweeps: Path, conf: Path):
+        self.recipes, self.sweeps, self.conf = recipes, sweeps, conf
+        self.seen: set[Path] = set()
+        self.locations: dict[str, str] = {}
 
     def scan(self, path: Path, kind: str) -> None:
         path = path.resolve()
         if path in self.seen:
             return
         self.seen.add(path)
+        shared = read_shared_yaml(path)
+        outer = getattr(self, "path", None), getattr(self, "kind", None)
         self.path, self.kind = path, kind
         try:
-            text = path.read_text(encoding="utf-8")
-            root = yaml.compose(text)
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+            self.scan_root(shared, kind)
+        finally:
+            self.path, self.kind = outer
+
+    def scan_root(self, shared, kind: str) -> None:
+        root = shared.root
         if root is None:
             return
         if not isinstance(root, yaml.MappingNode):
             self.refuse(root, "", f"a {kind} file is a mapping of keys")
-        prefix = package_prefix(text, kind)
+        prefix = package_prefix(shared.package, kind)
         nested = []
         for key, value in root.value:
             if key.value == "defaults":  # Hydra's defaults list sits at the top whatever the package
@@ -67,29 +81,31 @@ class SharedFileScan:
             else:
                 self.walk(value, [*prefix, str(key.value)], key)
         for nested_path, nested_kind in nested:  # after this file, so messages name the file that holds the key
-            SharedFileScan(self.recipes, self.sweeps, self.seen).scan(nested_path, nested_kind)
+            self.scan(nested_path, nested_kind)
+
+    def where(self, node: yaml.Node) -> str:
+        return f"{self.path}:{node.start_mark.line + 1}"
 
     def refuse(self, node: yaml.Node, dotted: str, why: str):
         where = f" `{dotted}`" if dotted else ""
-        raise RecipeError(f"{self.path}:{node.start_mark.line + 1}:{where} {why}")
+        raise RecipeError(f"{self.where(node)}:{where} {why}")
 
-    def walk(self, node: yaml.Node, parts: list[str], key_node: yaml.Node | None, depth: int = 0) -> None:
-        if depth > 64:  # aliases can nest a node inside itself
-            self.refuse(node, ".".join(parts), "nests deeper than 64 levels")
+    def walk(self, node: yaml.Node, parts: list[str], key_node: yaml.Node | None) -> None:
         dotted = ".".join(parts)
         if key_node is not None:
             self.check_key(key_node, dotted, node)
+            self.locations.setdefault(dotted, self.where(key_node))
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if key.tag.endswith(":merge") or key.value == "<<":  # a YAML merge key adds its keys here
-                    self.walk(value, parts, key, depth + 1)
+                    self.walk(value, parts, key)
                 else:
-                    self.walk(value, [*parts, str(key.value)], key, depth + 1)
+                    self.walk(value, [*parts, str(key.value)], key)
         elif isinstance(node, yaml.SequenceNode):
             for item in node.value:  # the key above was checked: a list under a user setting is refused there
-                self.walk(item, parts, None, depth + 1)
+                self.walk(item, parts, None)
         else:
-            self.check_resolvers(node, dotted, node.value)
+            self.check_value(node, dotted, node.value)
             if dotted in WRITTEN_PATHS:
                 self.check_written_path(node, dotted)
 
@@ -97,13 +113,14 @@ class SharedFileScan:
         name = str(key.value)
         if name in FORBIDDEN:
             self.refuse(key, name, f"is not allowed: {FORBIDDEN[name]}")
-        self.check_resolvers(key, dotted, name)
+        if "${" in name:
+            self.refuse(key, dotted, "is not allowed: a key is a plain name, not an interpolation")
         if self.kind == "sweep":
             self.check_sweep_key(key, dotted, value)
             return
         if dotted == "hydra" or dotted.startswith("hydra."):
             self.refuse(key, dotted, "is not allowed in a recipe: hydra.* settings (environment variables, "
-                                     "launcher, output folders) are the user's, set on the command line")
+                                     "launcher, output folders, callbacks) are the user's, set on the command line")
         setting = user_setting(dotted)
         if setting:
             self.refuse(key, dotted, USER_RULE.format(why=USER_SETTINGS[setting]))
@@ -118,89 +135,105 @@ class SharedFileScan:
             return
         if parts[: len(params)] != params:
             self.refuse(key, dotted, f"is not allowed: a sweep file sets {SWEEP_PARAMS} only")
+        problem = swept_key_problem(".".join(parts[len(params):]))
+        if problem:
+            self.refuse(key, dotted, problem)
         swept = ".".join(parts[len(params):]).lstrip("+~")
-        if swept == "hydra" or swept.startswith("hydra.") or swept.startswith("hydra/"):
-            self.refuse(key, dotted, "is not allowed: a sweep cannot change hydra.* settings (the user's, set on "
-                                     "the command line)")
-        setting = user_setting(swept)
-        if setting or holds_user_setting(swept):
-            self.refuse(key, dotted, USER_RULE.format(why=USER_SETTINGS.get(setting, "it holds user settings")))
-        if swept in WRITTEN_PATHS:
-            self.refuse(key, dotted, "is not allowed: a sweep cannot move the folders a run writes into")
         if swept == "recipe" and isinstance(value, yaml.ScalarNode):
-            text = str(value.value)  # a,b | choice(a,b) | glob(*): every recipe it may pick
-            options = self.recipes.glob("*.yaml") if "glob(" in text else \
-                (self.recipes / f"{name}.yaml" for name in re.findall(r"[\w.-]+", text))
-            for p in options:
-                if p.is_file():
-                    SharedFileScan(self.recipes, self.sweeps, self.seen).scan(p, "recipe")
+            for p in self.swept_recipes(key, str(value.value)):
+                self.scan(p, "recipe")
+
+    def swept_recipes(self, key: yaml.Node, text: str) -> list[Path]:
+        """a,b | choice(a,b) | glob(*): every recipe it may pick, each a plain name in recipes/."""
+        if "glob(" in text:
+            return sorted(self.recipes.glob("*.yaml"))
+        names = [n.strip() for n in re.sub(r"^\s*choice\((.*)\)\s*$", r"\1", text).split(",")]
+        for name in names:
+            if not plain_name(name) or not (self.recipes / f"{name}.yaml").is_file():
+                self.refuse(key, "recipe", f"sweeps over `{name}`: not a recipe in {self.recipes} (a sweep file "
+                                           f"names recipes by their plain names)")
+        return [self.recipes / f"{n}.yaml" for n in names]
 
     def check_written_path(self, node: yaml.Node, dotted: str) -> None:
         """A folder the run writes into stays under the working directory when a shared file names it."""
-        text = str(node.value)
-        if text.startswith(("/", "~", "\\")) or re.match(r"[A-Za-z]:", text) or ".." in re.split(r"[/\\]", text):
-            self.refuse(node, dotted, "must be a relative path inside the working directory (no /, ~ or ..): a "
-                                      "shared file decides what is written, you decide where (command line)")
+        problem = written_path_problem(str(node.value))
+        if problem:
+            self.refuse(node, dotted, problem)
 
-    def check_resolvers(self, node: yaml.Node, dotted: str, text) -> None:
-        for name in RESOLVER.findall(str(text)):
-            if name not in PURE_RESOLVERS:
-                self.refuse(node, dotted, f"uses `${{{name}:...}}`: shared files may not call resolvers that read "
-                                          f"the environment or files or build new interpolations (allowed: "
-                                          f"{', '.join(PURE_RESOLVERS)})")
+    def check_value(self, node: yaml.Node, dotted: str, text) -> None:
+        problem = resolver_problem(str(text))
+        if problem:
+            self.refuse(node, dotted, problem)
 
     def defaults(self, node: yaml.Node) -> list[tuple[Path, str]]:
-        """A defaults list's entries: other recipes and sweep files to scan next; hydra/paths groups refused."""
+        """A defaults list's entries: other files of this kind (plain names) to scan next, or a choice
+        in a group this kind may choose; anything Hydra would resolve to another place is refused."""
         if not isinstance(node, yaml.SequenceNode):
             self.refuse(node, "defaults", "must be a list")
+        own = self.recipes if self.kind == "recipe" else self.sweeps
         nested = []
         for entry in node.value:
             if isinstance(entry, yaml.ScalarNode):
-                group, options = ("", [entry.value]) if "/" not in entry.value.strip("/") else (
-                    entry.value.strip("/").rsplit("/", 1)[0], [entry.value.rsplit("/", 1)[1]])
-            elif isinstance(entry, yaml.MappingNode) and len(entry.value) == 1:
+                name = str(entry.value).strip()
+                if name == "_self_":
+                    continue
+                if not plain_name(name):
+                    self.refuse(entry, "defaults", f"entry `{name}` is not a plain {self.kind} name: a shared file "
+                                                   f"builds only on other files in {own} (no /, .., @, ${{}})")
+                if not (own / f"{name}.yaml").is_file():
+                    self.refuse(entry, "defaults", f"entry `{name}`: no {own / (name + '.yaml')}")
+                nested.append((own / f"{name}.yaml", self.kind))
+            elif isinstance(entry, yaml.MappingNode) and len(entry.value) == 1 and \
+                    isinstance(entry.value[0][1], yaml.ScalarNode):
                 key, value = entry.value[0]
-                group = str(key.value).replace("override ", "").replace("optional ", "").strip().strip("/")
-                options = [v.value for v in value.value] if isinstance(value, yaml.SequenceNode) else [value.value]
+                group = re.sub(r"^(override|optional)\s+", "", str(key.value).strip())
+                option = str(value.value).strip()
+                if group not in CHOOSABLE_GROUPS[self.kind]:
+                    allowed = ", ".join(f"`{g}`" for g in CHOOSABLE_GROUPS[self.kind]) or "none"
+                    self.refuse(entry, "defaults", f"may not choose `{group}`: a shared {self.kind} chooses only "
+                                                   f"in the groups {allowed} (hydra/*, paths and the rest are the "
+                                                   f"user's choice)")
+                if value.tag.endswith(":null") or option in ("null", "~", ""):
+                    continue
+                if not plain_name(option) or not (self.conf / group.strip("/") / f"{option}.yaml").is_file():
+                    self.refuse(entry, "defaults", f"`{group}: {option}`: not an option in "
+                                                   f"{self.conf / group.strip('/')} (plain names only)")
             else:
-                self.refuse(entry, "defaults", "entries are a name or `group: option`")
-            if entry.value == "_self_":
-                continue
-            text = f"{group}:{options}"
-            self.check_resolvers(entry, "defaults", text)
-            if "@" in text:
-                self.refuse(entry, "defaults", "may not relocate a package (`@`): it could move keys into user settings")
-            if group.startswith("hydra") or group == "paths":
-                self.refuse(entry, "defaults", f"may not choose `{group}`: that group is the user's choice, not a "
-                                               f"shared file's")
-            folder = {"": self.recipes if self.kind == "recipe" else self.sweeps, "recipe": self.recipes,
-                      "sweep": self.sweeps}.get(group)
-            if folder is not None:
-                for option in options:
-                    if option and (folder / f"{option}.yaml").is_file():
-                        nested.append((folder / f"{option}.yaml", "recipe" if folder == self.recipes else "sweep"))
+                self.refuse(entry, "defaults", "entries are a plain name or `override /group: option`")
         return nested
 
 
-def package_prefix(text: str, kind: str) -> list[str]:
-    """Where the file's keys land: `# @package _global_` -> the root; no header -> under the group name."""
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        match = re.match(r"#\s*@package\s+(\S+)", line)
-        if match:
-            package = match.group(1)
-            if package == "_global_":
-                return []
-            if package.startswith("_global_."):
-                return package[len("_global_."):].split(".")
-            return package.replace("_group_", kind).split(".")
-    return [kind]
+def swept_key_problem(swept: str) -> str | None:
+    """Why a sweep file may not sweep the key `swept` (its form in hydra.sweeper.params), or None."""
+    bare = swept.lstrip("+~")
+    if "@" in bare or "${" in bare:
+        return "is not allowed: a swept key is a plain config key (no @package, no interpolation)"
+    if bare == "hydra" or bare.startswith(("hydra.", "hydra/")):
+        return "is not allowed: a sweep cannot change hydra.* settings (the user's, set on the command line)"
+    setting = user_setting(bare)
+    if setting or holds_user_setting(bare):
+        return USER_RULE.format(why=USER_SETTINGS.get(setting, "it holds user settings"))
+    if bare in WRITTEN_PATHS:
+        return "is not allowed: a sweep cannot move the folders a run writes into"
+    if "/" in bare and bare not in ("model", "logger"):
+        return "is not allowed: a sweep file chooses in no config group but recipe, model and logger"
+    return None
 
 
-def scan_shared_file(path: Path, kind: str, recipes: Path, sweeps: Path) -> None:
-    """Refuse a recipe or sweep file (and the recipes it builds on) that is not plain data."""
-    SharedFileScan(recipes, sweeps, set()).scan(path, kind)
+def written_path_problem(text: str) -> str | None:
+    if text.startswith(("/", "~", "\\")) or re.match(r"[A-Za-z]:", text) or ".." in re.split(r"[/\\]", text):
+        return ("must be a relative path inside the working directory (no /, ~ or ..): a shared file decides what "
+                "is written, you decide where (command line)")
+    return None
+
+
+def scan_shared_files(files: list[tuple[Path, str]], recipes: Path, sweeps: Path, conf: Path) -> dict[str, str]:
+    """Refuse recipe and sweep files (and the files they build on) that are not plain data; return
+    where each key they set is set (`file:line`)."""
+    scan = SharedFileScan(recipes, sweeps, conf)
+    for path, kind in files:
+        scan.scan(path, kind)
+    return scan.locations
 
 
 def scan_overrides(overrides: list[str]) -> None:

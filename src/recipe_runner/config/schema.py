@@ -208,6 +208,7 @@ class LoggerConfig:
 class PathsConfig:
     output_dir: str = "outputs"  # runs and sweeps land here
     cache_dir: str = "${oc.env:RECIPE_RUNNER_CACHE,${oc.env:HOME}/.cache/recipe-runner}"  # converted embedded models (models/) and the data cache (data/)
+    data_roots: List[str] = field(default_factory=list)  # folders a shared recipe may read data from, besides its own folder and the working directory
 
 
 @dataclass

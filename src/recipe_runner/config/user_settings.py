@@ -16,6 +16,8 @@ the user's own settings file:
       wandb:
         mode: online
         entity: my-team
+    paths:
+      data_roots: [~/corpora]      # folders a shared recipe may read data from (besides its own folder)
     synth:
       generator:
         base_url: http://localhost:8001/v1
@@ -42,9 +44,14 @@ USER_SETTINGS = {
     "logger.wandb.entity": "the W&B team or user your run is uploaded to",
     "logger.wandb.project": "the W&B project (and so its visibility) your run is uploaded to",
     "paths": "where runs and caches are written on your disk",
-    "serve.host": "which network interfaces your server (and your personas) are reachable on",
-    "serve.api_key_env": "which environment variable holds the key your server checks",
-    "export.out": "where exported models are written on your disk",
+    "serve": "what your server exposes, to whom and with which key (a shared recipe chooses what to train, "
+             "never what to do)",
+    "export": "what is exported and where it is written on your disk",
+    "stage": "what the command does (train, serve, synthesize, ...): a shared recipe chooses what to train, "
+             "never what to do",
+    "adapter": "which of your adapters is loaded",
+    "sweep_dir": "which of your sweep folders is read",
+    "train.resume": "which checkpoint on your disk is loaded (a checkpoint is a pickle)",
     "synth.generator": "the generator's endpoint, model, key variable and budget decide where your bible goes, which "
                        "key is sent and how much you spend",
 }
@@ -76,15 +83,18 @@ def _override_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _leaves(path: Path, node: yaml.Node, parts: list[str], key: yaml.Node | None = None):
-    """(dotted key, its key node, its value node) for every scalar."""
+    """(dotted key, its key node, its value node) for every scalar (or list of scalars: paths.data_roots)."""
     if isinstance(node, yaml.MappingNode):
         for k, value in node.value:
             yield from _leaves(path, value, [*parts, str(k.value)], k)
-    elif isinstance(node, yaml.ScalarNode) and key is not None:
+    elif key is not None and (isinstance(node, yaml.ScalarNode) or (
+            isinstance(node, yaml.SequenceNode) and all(isinstance(v, yaml.ScalarNode) for v in node.value))):
         yield ".".join(parts), key, node
     else:
         raise RecipeError(f"{path}:{node.start_mark.line + 1}: {'.'.join(parts)}: a user setting is one value")

@@ -9,6 +9,7 @@ sweep and is not held to a training recipe's rules.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -182,6 +183,17 @@ def eval_problems(cfg: DictConfig) -> list[str]:
     return out
 
 
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: an address only this machine reaches."""
+    host = str(host).strip().strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name or an interface address: reachable from elsewhere
+        return False
+
+
 def use_problems(cfg: DictConfig, stage: Stage) -> list[str]:
     """chat, serve and export: an adapter to use, sane sampling and server limits. The adapter
     folders themselves are checked when they are resolved (model/adapter_card.py), before loading."""
@@ -203,6 +215,9 @@ def use_problems(cfg: DictConfig, stage: Stage) -> list[str]:
             out.append(f"serve.max_queue={v.max_queue}: must be >= 0")
         if v.api_key_env and not os.environ.get(v.api_key_env):
             out.append(f"serve.api_key_env={v.api_key_env} but ${v.api_key_env} is empty")
+        elif not v.api_key_env and not is_loopback(v.host):
+            out.append(f"serve.host={v.host} serves beyond this machine without a key: set serve.api_key_env=NAME "
+                       f"(an environment variable holding the key clients must send) or serve.host=127.0.0.1")
     if stage is Stage.export:
         bad = [t for t in cfg.export.gguf_types if t not in ("f16", "q8_0")]
         if bad:
