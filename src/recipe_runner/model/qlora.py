@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from recipe_runner.config.schema import ModelConfig, LoraConfig, Quant
+from recipe_runner.model import safe_load
 
 DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16, "32-true": torch.float32}
 
@@ -78,8 +79,7 @@ def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, 
     base_dtype = DTYPES[precision]
     kwargs = dict(
         dtype=base_dtype,
-        use_safetensors=True,
-        trust_remote_code=False,
+        **safe_load.MODEL,
         attn_implementation=mcfg.attn_implementation,
         revision=mcfg.revision,
     )

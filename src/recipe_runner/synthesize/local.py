@@ -25,17 +25,19 @@ class LocalGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from recipe_runner.model.safe_load import CODE, MODEL
+
         self.name = f"local:{model_path}"
         self.budget, self.batch_size = budget, batch_size
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float32 if not str(self.device).startswith("cuda") else (
             torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, **CODE)
         self.tokenizer.padding_side = "left"  # every row's next token in the last column
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **MODEL).to(self.device).eval()
         self.stops = {i for i in (self.tokenizer.eos_token_id, end_of_turn_id(self.tokenizer)) if i is not None}
 
     def complete(self, requests: list[Request], on_reply: Callable[[Reply], None]) -> None:

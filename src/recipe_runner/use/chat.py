@@ -98,7 +98,7 @@ class Chat:
         self.key = self.first = persona_name(card, [])
         say(f"loading {card['base']['name_or_path']} + {folder} ...")
         with quiet_loading():
-            self.personas = Personas({self.key: folder}, cfg.paths.cache_dir)
+            self.personas = Personas({self.key: folder}, cfg.paths.cache_dir, named_base=cfg.model.name_or_path)
         self.loaded = {folder: self.key}  # adapter folder -> its model name, for /switch back
         self.history: list[dict] = []
         self.turns = 0

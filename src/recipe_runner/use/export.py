@@ -21,7 +21,8 @@ from pathlib import Path
 from recipe_runner.config.schema import ExportFormat
 from recipe_runner.console import console
 from recipe_runner.errors import RecipeError
-from recipe_runner.model.adapter_card import CARD, check_base, read_card, resolve_adapter
+from recipe_runner.model import safe_load
+from recipe_runner.model.adapter_card import CARD, check_base, check_base_source, read_card, resolve_adapter
 from recipe_runner.model.embedded import resolve_model_path
 
 
@@ -40,6 +41,7 @@ def export(cfg, run_dir: Path) -> dict:
     folder = resolve_adapter(cfg.adapter, cfg.paths.output_dir)
     card = read_card(folder)
     out = out_folder(cfg.export.out, folder, fmt)
+    check_base_source(folder, card, cfg.model.name_or_path)
     model_path = resolve_model_path(card["base"]["name_or_path"], cfg.paths.cache_dir)
     check_base(folder, card, model_path)
     name = slug(card.get("persona") or card.get("recipe") or "persona")
@@ -137,13 +139,14 @@ def merged_model(folder: Path, card: dict, model_path: str):
     revision = card["base"].get("revision") if not Path(model_path).is_dir() else None
     t = time.time()
     say(f"loading the base {card['base']['name_or_path']} ({model_path}) in float32")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision, **safe_load.CODE)
     if card.get("chat_template"):
         tokenizer.chat_template = card["chat_template"]
-    base = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=torch.float32,
+                                                **safe_load.MODEL)
     say(f"merging the adapter {folder} (loaded in {time.time() - t:.1f} s)")
     t = time.time()
-    model = PeftModel.from_pretrained(base, folder).merge_and_unload(safe_merge=True).eval()
+    model = PeftModel.from_pretrained(base, folder, **safe_load.ADAPTER).merge_and_unload(safe_merge=True).eval()
     model.config.use_cache = True  # training turned it off; generation wants it
     stop = stop_ids(tokenizer)
     if model.generation_config is not None and stop:

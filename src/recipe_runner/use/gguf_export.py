@@ -41,7 +41,9 @@ def check_gguf_base(model_path: str) -> None:
     """Only what this writer describes faithfully: a llama base, default RoPE, no biases, a byte-level BPE."""
     from transformers import AutoConfig, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(model_path)
+    from recipe_runner.model.safe_load import CODE
+
+    config = AutoConfig.from_pretrained(model_path, **CODE)
     if config.model_type != "llama":
         arch = f" ({', '.join(config.architectures)})" if config.architectures else ""
         raise RecipeError(f"export.format=gguf: the base {model_path} is a {config.model_type} model{arch}; only "
@@ -53,7 +55,7 @@ def check_gguf_base(model_path: str) -> None:
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise RecipeError(f"export.format=gguf: the base {model_path} has attention/MLP biases, which this writer "
                           f"does not write; use export.format=merged and llama.cpp's convert_hf_to_gguf.py")
-    spec = json.loads(AutoTokenizer.from_pretrained(model_path).backend_tokenizer.to_str())
+    spec = json.loads(AutoTokenizer.from_pretrained(model_path, **CODE).backend_tokenizer.to_str())
     kind = spec["model"]["type"]
     if kind != "BPE" or "ByteLevel" not in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")]):
         raise RecipeError(f"export.format=gguf: the base {model_path} has a {kind} tokenizer that is not byte-level; "

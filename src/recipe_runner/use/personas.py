@@ -17,7 +17,8 @@ from typing import Iterator
 import torch
 
 from recipe_runner.errors import RecipeError
-from recipe_runner.model.adapter_card import check_base, read_card
+from recipe_runner.model import safe_load
+from recipe_runner.model.adapter_card import check_base, check_base_source, read_card
 from recipe_runner.model.embedded import resolve_model_path
 
 BASE = "base"  # the model name of the base with no adapter (peft's "__base__")
@@ -46,8 +47,11 @@ class Reply:
 
 
 class Personas:
-    def __init__(self, adapters: dict[str, Path], cache_dir: str, device: str | None = None):
-        """adapters: model name -> adapter folder (already resolved); all must share one base."""
+    def __init__(self, adapters: dict[str, Path], cache_dir: str, device: str | None = None,
+                 named_base: str | None = None):
+        """adapters: model name -> adapter folder (already resolved); all must share one base.
+        named_base: the model.name_or_path the user set; a hub base not in the local cache is
+        downloaded only when it is exactly that (model/adapter_card.py check_base_source)."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -61,15 +65,19 @@ class Personas:
         self.base = self.cards[first]["base"]
         for name in self.cards:
             self.same_base(name, self.cards[name])
+        check_base_source(self.folders[first], self.cards[first], named_base)
         self.model_path = resolve_model_path(self.base["name_or_path"], cache_dir)
         check_base(self.folders[first], self.cards[first], self.model_path)
+        # a hub base at the revision it trained on (the one check_base_source found cached or was named)
+        revision = self.base.get("revision") if not Path(self.model_path).is_dir() else None
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=revision, **safe_load.CODE)
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(self.device)
-        model = PeftModel.from_pretrained(model, self.folders[first], adapter_name=first)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, revision=revision, dtype=dtype,
+                                                     **safe_load.MODEL).to(self.device)
+        model = PeftModel.from_pretrained(model, self.folders[first], adapter_name=first, **safe_load.ADAPTER)
         for name, folder in list(self.folders.items())[1:]:
-            model.load_adapter(folder, adapter_name=name)
+            model.load_adapter(folder, adapter_name=name, **safe_load.ADAPTER)
         self.model = model.eval()
         self.lock = threading.Lock()  # the tokenizer's chat template is swapped per request
 
@@ -89,7 +97,7 @@ class Personas:
         self.same_base(name, card)
         if name in self.cards:
             self.model.delete_adapter(name)
-        self.model.load_adapter(folder, adapter_name=name)
+        self.model.load_adapter(folder, adapter_name=name, **safe_load.ADAPTER)
         self.model.eval()
         self.folders[name], self.cards[name] = Path(folder), card
 

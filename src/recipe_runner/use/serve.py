@@ -304,7 +304,7 @@ def serve(cfg, run_dir) -> dict:
         folder = resolve_adapter(str(cfg.adapter), cfg.paths.output_dir)
         folders = {model_name(read_card(folder)): folder}
     sock = bind(v.host, v.port)
-    personas = Personas(folders, cfg.paths.cache_dir)
+    personas = Personas(folders, cfg.paths.cache_dir, named_base=cfg.model.name_or_path)
     app = create_app(personas, v, Sampling.from_config(cfg.sampling))
     url = f"http://{f'[{v.host}]' if ':' in v.host else v.host}:{v.port}/v1"
     for name in personas.quantized_in_training():
