@@ -1,6 +1,6 @@
 """How the evaluation's decoding shapes the persona scores: the same answers' checks under three decodings.
 
-    python bench/decoding_check.py ADAPTER_FOLDER [--prompts 12] [--start 0] [--tokens 32]
+    python scripts/decoding_check.py ADAPTER_FOLDER [--prompts 12] [--start 0] [--tokens 32]
         [--only reply-only] [KEY=VALUE ...]
 
 For the prompt-only baseline (base model, whole bible as system prompt) and the tuned adapter

@@ -1,6 +1,6 @@
 """Why does (or doesn't) the niche loss move? The numbers behind docs/diagnosis.md, for any recipe.
 
-    python bench/diagnose_niche.py [KEY=VALUE ...]        # Hydra overrides, e.g. recipe=eleanor_diarist_cpu
+    python scripts/diagnose_niche.py [KEY=VALUE ...]        # Hydra overrides, e.g. recipe=eleanor_diarist_cpu
 
 Prints, for the recipe's epoch-0 mix (no training):
   - tokens and supervised (loss-carrying) tokens per role, and the niche share of the gradient
