@@ -63,7 +63,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_no_poisoned_adapter(tiny_mode
     assert "Kept: no adapter (no epoch finished)" in error and "Lower train.lr (now 1e+30)" in error
     run_dir = only_run_dir(tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["stopped"].startswith("non-finite training: the loss is nan at step 1")
+    assert summary["stop_reason"].startswith("non-finite training: the loss is nan at step 1")
     assert not (run_dir / "adapters" / "last").exists()
 
 

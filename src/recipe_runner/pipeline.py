@@ -76,6 +76,7 @@ def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: s
     summary = {"stage": Stage.train.value, "recipe": cfg.name, "run_dir": str(run_dir),
                **prepared.summary(), **trained.adapters.summary(run_dir), **evals.summary(best_epoch),
                **trained.summary(cfg), "precision": prepared.precision,
+               "stop_reason": trained.stopped or evals.stop_reason,  # non-finite training, or an evaluation rule
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
                "wall_seconds": time.time() - started}

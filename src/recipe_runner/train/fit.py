@@ -105,7 +105,6 @@ class Trained:
             "fit_seconds": self.fit_seconds,
             "train_mix_sha256_per_epoch": {str(e): h for e, h in sorted(self.datamodule.epoch_hashes.items())},
             "resumed_from": self.resumed_from,
-            "stopped": self.stopped,
         }
 
 
