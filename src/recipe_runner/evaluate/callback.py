@@ -246,7 +246,6 @@ class EvalChecks(L.Callback):
                 "base_general_loss": self.base_general_loss,
                 "checks_last": self.history[-1] if self.history else {},
                 "checks_best": next((r for r in self.history if r["epoch"] == best_epoch), {}),
-                "stop_reason": self.stop_reason,
                 "eval_seconds": self.seconds}
 
     def write_outputs(self) -> None:
