@@ -16,10 +16,17 @@ DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 
 def launch_rank() -> int:
     """This process's global rank, known before the Trainer exists (DDP children get LOCAL_RANK,
-    SLURM tasks SLURM_PROCID): files shared by all ranks are written by rank 0 only."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+    SLURM tasks SLURM_PROCID): files shared by all ranks are written by rank 0 only. Where
+    Lightning is loaded, its rank (a strategy may have set it); else the same environment variables
+    it reads, in its order (lightning/fabric/utilities/rank_zero.py): stage=prepare never imports it."""
+    if "lightning" in sys.modules:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    return int(getattr(rank_zero_only, "rank", 0))
+        return int(getattr(rank_zero_only, "rank", 0))
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key) is not None:
+            return int(os.environ[key])
+    return 0
 
 
 def launcher_name(hc) -> str:
