@@ -14,6 +14,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -34,6 +35,8 @@ KILLER = textwrap.dedent("""
         if "/checkpoints/" in target and _inside in target:
             _seen[0] += 1
             if _seen[0] == _at:
+                if os.environ.get("KILL_GROUP"):  # DDP: every rank at once, as a node failure would
+                    os.killpg(os.getpgid(0), signal.SIGKILL)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     sys.addaudithook(_kill_at_the_nth_checkpoint_write)
@@ -48,6 +51,22 @@ def killed_at_write(args: list[str], nth: int, tmp_path: Path, inside: str = "")
     res = run_cli(*args, env={"PYTHONPATH": path, "KILL_AT_WRITE": str(nth), "KILL_INSIDE": inside})
     assert res.returncode == -9, f"not killed at checkpoint write {nth}: rc {res.returncode}\n{res.stderr[-2000:]}"
     return res
+
+
+def killed_ddp_at_write(args: list[str], nth: int, tmp_path: Path) -> None:
+    """The same kill under DDP: the whole process group (rank 0 and the rank it started) dies at
+    rank 0's Nth checkpoint write. Its own session, so the group is the run's, not pytest's."""
+    hook = tmp_path / "killer"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(KILLER)
+    from conftest import NO_USER_SETTINGS, REPO
+
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS,
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+           "KILL_AT_WRITE": str(nth), "KILL_GROUP": "1"}
+    res = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env=env, start_new_session=True)
+    assert res.returncode == -9, f"not killed at checkpoint write {nth}: rc {res.returncode}\n{res.stderr[-2000:]}"
 
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -169,3 +188,35 @@ def test_a_killed_sweep_resumes_skipping_finished_jobs(tiny_model, tiny_data, tm
     assert res.returncode == 0, res.stderr[-2000:]
     rows = list(csv.DictReader(open(second / "compare.csv")))
     assert [r["status"][:6] for r in rows] == ["failed", "ok", "ok"], rows
+
+
+def test_a_ddp_run_killed_mid_epoch_resumes_to_the_uninterrupted_runs_adapter(tiny_model, tiny_data, tmp_path):
+    """Two CPU ranks (gloo), dropout on: each rank's batches and random state must resume where they were."""
+    base = ["train.max_epochs=2", "train.checkpoint_every_n_steps=1", "train.lr=1e-3", "lora.dropout=0.3",
+            "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu", "eval.checks=false",
+            "logger.wandb.enabled=false"]
+    whole = tmp_path / "whole"
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, whole, *base, "hydra.run.dir=${paths.output_dir}/runs/${name}/a"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    reference = json.loads((run_of(whole, "a") / "summary.json").read_text())
+    steps = reference["global_step"]
+    assert reference["world_size"] == 2 and steps >= 4
+
+    out = tmp_path / "killed"
+    kill_at = steps * 3 // 4  # mid-epoch 1
+    killed_ddp_at_write(tiny_overrides(tiny_model, tiny_data, out, *base,
+                                       "hydra.run.dir=${paths.output_dir}/runs/${name}/b"), kill_at, tmp_path)
+    killed = run_of(out, "b")
+    ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == kill_at - 1 and ckpt["epoch"] == 1, "mid-epoch 1, the write before the kill"
+
+    res = run_cli(*tiny_overrides(tiny_model, tiny_data, out, *base, "train.resume=last",
+                                  "hydra.run.dir=${paths.output_dir}/runs/${name}/c"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    resumed_dir = run_of(out, "c")
+    resumed = json.loads((resumed_dir / "summary.json").read_text())
+    a, b = adapter(run_of(whole, "a")), adapter(resumed_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), \
+        max((a[k] - b[k]).abs().max().item() for k in a)
+    for key in ("val_loss", "global_step", "epochs_run", "trained_tokens", "supervised_tokens"):
+        assert resumed[key] == reference[key], (key, resumed[key], reference[key])

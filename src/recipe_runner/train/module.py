@@ -27,9 +27,11 @@ import torch
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.train.losses import eaft_weights, kl_to_base, token_ce
-from recipe_runner.config.schema import Loss
+from recipe_runner.config.schema import Loss, Role
 from recipe_runner.data.templates import IGNORE
 from recipe_runner.train.sharding import local_weight_mb
+
+ROLES = tuple(r.value for r in Role)  # supervised tokens are counted per role
 
 
 def _base(model):
@@ -294,22 +296,45 @@ class PersonaModule(L.LightningModule):
         checkpoint["role_seen"] = self.role_seen
         checkpoint["train_seconds"] = self.train_seconds
         # dropout draws from torch's generators: a run resumed from this step masks as the
-        # uninterrupted one did (tensors only: the checkpoint loads with weights_only)
+        # uninterrupted one did (tensors only: the checkpoint loads with weights_only). Every rank
+        # has its own state and rank 0 alone writes the file, so under ddp/fsdp the states are
+        # gathered (every rank dumps the checkpoint; this collective runs on all of them)
         checkpoint["rng_states"] = {"cpu": torch.get_rng_state(),
                                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        if self.trainer.world_size > 1:  # each rank counts its own tokens; summary.json sums them
+            counts = [self.tokens_seen, self.supervised_seen, *(self.role_seen.get(r, 0) for r in ROLES),
+                      self.train_seconds]
+            checkpoint["counters_per_rank"] = self.gathered(torch.tensor(counts, dtype=torch.float64))
+            checkpoint["rng_states"]["cpu_per_rank"] = self.gathered(torch.get_rng_state())
+            if torch.cuda.is_available() and self.device.type == "cuda":
+                checkpoint["rng_states"]["cuda_per_rank"] = self.gathered(torch.cuda.get_rng_state(self.device))
+
+    def gathered(self, state: torch.Tensor) -> torch.Tensor:
+        """[world_size, n]: every rank's copy of a same-sized state tensor, on the CPU."""
+        return self.trainer.strategy.all_gather(state.to(self.device)).reshape(self.trainer.world_size, -1).cpu()
 
     def on_load_checkpoint(self, checkpoint):
         self.tokens_seen = checkpoint.get("tokens_seen", 0)
         self.supervised_seen = checkpoint.get("supervised_seen", 0)
         self.role_seen = checkpoint.get("role_seen", {})
         self.train_seconds = checkpoint.get("train_seconds", 0.0)
+        if "counters_per_rank" in checkpoint:  # ddp/fsdp: this rank's own counts, not rank 0's
+            row = checkpoint["counters_per_rank"][self.trainer.global_rank].tolist()
+            self.tokens_seen, self.supervised_seen = int(row[0]), int(row[1])
+            self.role_seen = {r: int(c) for r, c in zip(ROLES, row[2:-1]) if c}
+            self.train_seconds = row[-1]
         self._rng_states = checkpoint.get("rng_states")  # set just before training resumes
 
     def restore_rng(self) -> None:
         """A resumed run takes the checkpoint's random state just before its first batch (Lightning
         calls no epoch-start hook when it resumes mid-epoch)."""
-        if self._rng_states is not None:
-            torch.set_rng_state(self._rng_states["cpu"])
-            if self._rng_states["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_states["cuda"])
+        states, rank = self._rng_states, self.trainer.global_rank
+        if states is not None:
+            # a row of the gathered states is a view into their storage: torch reads the whole storage
+            # as the state ("Invalid mt19937 state"), so each row is copied out first
+            torch.set_rng_state(states["cpu_per_rank"][rank].clone() if "cpu_per_rank" in states else states["cpu"])
+            if "cuda_per_rank" in states and self.device.type == "cuda":
+                torch.cuda.set_rng_state(states["cuda_per_rank"][rank].clone(), self.device)
+            elif states["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
             self._rng_states = None
