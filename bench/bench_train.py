@@ -179,10 +179,11 @@ def trl_dataset(cfg, tok, mix):
     from datasets import Dataset
     from recipe_runner.data.corpus import load_source
     from recipe_runner.config.schema import SystemPrompt
-    from recipe_runner.data.templates import Encoder, render_persona
+    from recipe_runner.data.bible import persona_prompt
+    from recipe_runner.data.templates import Encoder
 
     systems = {n: SystemPrompt(s.system) for n, s in cfg.data.sources.items()}
-    encoder = Encoder(tok, cfg.template, systems, render_persona(cfg.template))
+    encoder = Encoder(tok, cfg.template, systems, persona_prompt(cfg.template))
     by_ids = {}
     for name, src in cfg.data.sources.items():
         for ex in load_source(name, src, tok).examples:

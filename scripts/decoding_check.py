@@ -51,12 +51,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from recipe_runner.model.embedded import resolve_model_path
-    from recipe_runner.evaluate.checker import bible_prompt, read_jsonl, user
-    from recipe_runner.evaluate.generation import evaluating, render, stop_ids
+    from recipe_runner.evaluate.checker import read_jsonl, user
+    from recipe_runner.data.chat_format import stop_ids
+    from recipe_runner.evaluate.generation import evaluating, render
     from recipe_runner.evaluate.intervals import interval, paired_gain
     from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers
     from recipe_runner.config.schema import register
-    from recipe_runner.data.templates import load_bible, render_persona
+    from recipe_runner.data.bible import load_bible
 
     register()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
@@ -68,9 +69,10 @@ def main() -> None:
     bible = load_bible(cfg.template.persona.bible)
     rubric = PersonaRubric.from_bible(bible)
     prompts = read_jsonl(cfg.eval.persona_prompts, "eval.persona_prompts", "prompt")[args.start: args.start + args.prompts]
-    sides = {"baseline": (bible_prompt(bible), False), "tuned": (render_persona(cfg.template), True)}
+    sides = {"baseline": (bible.whole_prompt, False),
+             "tuned": (bible.system_prompt(cfg.template.persona.system_prompt), True)}
     print(f"{len(prompts)} held-out prompts (from #{args.start}), {args.tokens} new tokens, greedy; adapter {args.adapter}")
-    print(f"| side | decoding | adherence | markers | taboos | names {bible['name']} | loops |")
+    print(f"| side | decoding | adherence | markers | taboos | names {bible.name} | loops |")
     print("|---|---|---:|---:|---:|---:|---:|")
     per_prompt = {}  # (side, decoding) -> adherence per prompt, for the paired gain
     for side, (system, adapter) in sides.items():
@@ -91,7 +93,7 @@ def main() -> None:
             s = score_answers(answers, rubric)
             per_prompt[side, label] = [score_answer(a, rubric).adherence for a in answers]
             ci = interval(per_prompt[side, label])
-            named = sum(bool(re.search(rf"\b{re.escape(bible['name'])}\b", a)) for a in answers)
+            named = sum(bool(re.search(rf"\b{re.escape(bible.name)}\b", a)) for a in answers)
             print(f"| {side} | {label} | {s['adherence']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}] | {s['marker_rate']:.2f} | {s['taboo_rate']:.2f} | "
                   f"{named} / {len(answers)} | {sum(map(loops, answers))} / {len(answers)} |")
     for (side, label), tuned in per_prompt.items():

@@ -1,10 +1,12 @@
 """Generate docs/reference.md, the recipe key reference, from the schema's own comments.
 
-Every key of the schema (src/recipe_runner/config/schema.py) carries a trailing `# comment`, and
-every choice of an enum (config/choices.py) does too. This script reads those comments with `ast` + `tokenize`, takes
-the defaults from the instantiated dataclasses, walks from RunConfig down so each key comes out
-as it is spelled on the command line (`train.early_stopping.monitor`), and marks the keys that
-belong to the user (config/user_settings.py).
+Every key of the schema (src/recipe_runner/config/schema.py, and the groups it takes from
+schema_use.py and schema_synth.py) carries a trailing `# comment`, and every choice of an enum
+(config/choices.py) does too. This script reads those comments with `ast` + `tokenize` from the
+file that defines each dataclass, takes the defaults from the instantiated dataclasses, walks
+from RunConfig down so each key comes out as it is spelled on the command line
+(`train.early_stopping.monitor`), and marks the keys that belong to the user
+(config/user_settings.py).
 
     python scripts/gen_reference.py            # write docs/reference.md
     python scripts/gen_reference.py --check    # exit 1 if docs/reference.md is stale
@@ -21,6 +23,7 @@ import difflib
 import enum
 import hashlib
 import importlib.util
+import inspect
 import io
 import re
 import sys
@@ -122,6 +125,7 @@ def cell(text: str) -> str:
 class Reference:
     def __init__(self, schema: Path):
         self.comments = read_comments(CHOICES.read_text(encoding="utf-8")) | read_comments(schema.read_text(encoding="utf-8"))
+        self.read = {CHOICES.resolve(), schema.resolve()}  # files whose comments are in self.comments
         self.module = load_schema(schema)
         self.sections: list[tuple[str, str, list[str]]] = []  # (path, intro, rows)
         self.missing: list[str] = []
@@ -136,6 +140,7 @@ class Reference:
     def walk(self, obj, path: str, intro: str) -> None:
         """One section for dataclass `obj` at `path`, then its nested dataclasses in field order."""
         cls, rows, nested = type(obj), [], []
+        self.read_comments_of(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             key = f"{path}.{f.name}" if path else f.name
@@ -152,6 +157,13 @@ class Reference:
         self.sections.append((path, intro, rows))
         for value, key, text in nested:
             self.walk(value, key, text)
+
+    def read_comments_of(self, cls) -> None:
+        """A group that schema.py imports (schema_use.py, schema_synth.py) has its comments in its own file."""
+        source = Path(inspect.getsourcefile(cls)).resolve()
+        if source not in self.read:
+            self.read.add(source)
+            self.comments |= read_comments(source.read_text(encoding="utf-8"))
 
     def row(self, key: str, tp, optional: bool, value, text: str) -> str:
         text, owner = cell(text), user_setting(key)

@@ -11,9 +11,9 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from conftest import write_jsonl
-from recipe_runner.data.corpus import BadLines, iter_source, load_source
+from recipe_runner.data.corpus import FORMATS, BadLines, iter_source, load_source, plain_text
 from recipe_runner.errors import RecipeError
-from recipe_runner.config.schema import SourceConfig
+from recipe_runner.config.schema import Format, SourceConfig
 
 QA = [{"role": "user", "content": "q1", "train": True}, {"role": "assistant", "content": "a1", "train": True}]
 QA_ROWS = {"prompt": ["q1", "q2"], "response": ["a1", "a2"]}
@@ -119,6 +119,23 @@ def test_bad_table_rows_are_named_by_line_or_row(tmp_path, tok):
     with pytest.raises(RecipeError, match=r"b\.parquet:row 1: column 'response'"):
         load_source("b", src(tmp_path / "b.parquet", format="table"), tok)
     assert load_source("b", src(tmp_path / "b.parquet", format="table", on_bad_line="skip"), tok).bad_lines == 1
+
+
+def test_plain_text_follows_the_format_and_a_tables_columns(tmp_path):
+    """Plain text is cut into windows of tokens (and its clean cache entry names the tokenizer):
+    the text formats, and a table or dataset whose columns, given or detected, map `text`."""
+    assert set(FORMATS) == set(Format)  # every format has its reader and normaliser
+    assert [f for f in Format if plain_text(src(tmp_path / "any", format=f.value, columns={}))] == [
+        Format.text, Format.text_jsonl, Format.table, Format.hf_dataset]  # a path not there (a hub name) is not read
+    Dataset.from_dict({"text": ["plain"], "id": [1]}).to_csv(str(tmp_path / "t.csv"), index=False)
+    Dataset.from_dict(QA_ROWS).to_parquet(str(tmp_path / "qa.parquet"))
+    Dataset.from_dict({"text": ["plain"]}).save_to_disk(str(tmp_path / "ds"))
+    assert plain_text(src(tmp_path / "t.csv", format="table"))  # detected from the header
+    assert plain_text(src(tmp_path / "ds", format="hf_dataset"))
+    assert plain_text(src(tmp_path / "qa.parquet", format="table", columns={"text": "prompt"}))
+    assert not plain_text(src(tmp_path / "qa.parquet", format="table"))
+    assert not plain_text(src(tmp_path / "t.csv", format="table", columns={"prompt": "text", "response": "id"}))
+    assert not plain_text(src(tmp_path / "t.csv", format="table", columns={"prompt": "text"}))  # a mistake: read on
 
 
 # ---------------------------------------------------------------- hf_dataset: save_to_disk folders and hub names

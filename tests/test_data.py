@@ -11,7 +11,8 @@ from recipe_runner.data.corpus import load_source
 from recipe_runner.errors import RecipeError
 from recipe_runner.data.prepare import prepare_data
 from recipe_runner.config.schema import SourceConfig, TemplateConfig, SystemPrompt
-from recipe_runner.data.templates import IGNORE, Encoder, end_of_turn_id, preflight
+from recipe_runner.data.chat_format import end_of_turn_id
+from recipe_runner.data.templates import IGNORE, Encoder, preflight
 from test_config import compose_recipe
 
 

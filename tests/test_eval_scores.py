@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from recipe_runner.errors import RecipeError
-from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases, split_words
+from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate, split_words
 from recipe_runner.evaluate.persona_score import (
     AnswerScore,
     PersonaRubric,
@@ -16,13 +16,13 @@ from recipe_runner.evaluate.persona_score import (
     score_answers,
     turn_slope,
 )
-from recipe_runner.data.templates import load_bible
+from recipe_runner.data.bible import Bible, load_bible
 
 BIBLE = Path(__file__).resolve().parents[1] / "data" / "alex" / "bible.yaml"
 
 
 @pytest.fixture(scope="module")
-def bible() -> dict:
+def bible() -> Bible:
     return load_bible(str(BIBLE))
 
 
@@ -35,8 +35,8 @@ def rubric(bible) -> PersonaRubric:
 
 
 def test_rubric_reads_the_alex_bible(rubric, bible):
-    assert rubric.markers == [m.lower() for m in bible["markers"]]
-    assert [p.pattern for p in rubric.taboo_patterns] == bible["taboo_patterns"]
+    assert rubric.markers == [m.lower() for m in bible.as_dict()["markers"]]
+    assert [p.pattern for p in rubric.taboo_patterns] == bible.as_dict()["taboo_patterns"]
     assert rubric.max_sentences == 3
     assert rubric.languages == {"en"}
 
@@ -135,7 +135,7 @@ def test_empty_answer_is_not_length_ok(rubric):
 
 
 def test_missing_bible_fields_turn_checks_off():
-    r = PersonaRubric.from_bible({"name": "Bo", "markers": ["Howdy"]})
+    r = PersonaRubric.from_bible(Bible.from_mapping({"name": "Bo", "markers": ["Howdy"]}))
     s = score_answer("howdy partner. This is one. Two. Three. Four sentences and more.", r)
     assert s == AnswerScore(markers=["howdy"], taboos=None, sentences=5, length_ok=None, language_ok=None,
                             adherence=1.0)
@@ -144,7 +144,7 @@ def test_missing_bible_fields_turn_checks_off():
     assert agg["taboo_rate"] is None and agg["length_compliance"] is None and agg["language_rate"] is None
     assert agg["adherence"] == 0.5 and agg["n"] == 2
 
-    nothing = PersonaRubric.from_bible({"name": "Bo"})
+    nothing = PersonaRubric.from_bible(Bible.from_mapping({"name": "Bo"}))
     s = score_answer("anything at all", nothing)
     assert s.markers is None and s.taboos is None and s.adherence is None
     assert score_answers(["x"], nothing)["adherence"] is None
@@ -152,7 +152,7 @@ def test_missing_bible_fields_turn_checks_off():
 
 def test_bad_taboo_regex_is_a_recipe_error():
     with pytest.raises(RecipeError, match=r"taboo_patterns\[1\]"):
-        PersonaRubric.from_bible({"name": "Bo", "taboo_patterns": ["ok", "(unclosed"]})
+        Bible.from_mapping({"name": "Bo", "taboo_patterns": ["ok", "(unclosed"]})
 
 
 def test_score_answers_aggregates(rubric):
@@ -174,7 +174,7 @@ def test_score_answers_aggregates(rubric):
 
 
 def test_score_answers_empty():
-    agg = score_answers([], PersonaRubric.from_bible({"name": "Bo", "markers": ["yo"], "max_sentences": 2}))
+    agg = score_answers([], PersonaRubric.from_bible(Bible.from_mapping({"name": "Bo", "markers": ["yo"], "max_sentences": 2})))
     assert agg == {"marker_rate": None, "taboo_rate": None, "length_compliance": None, "language_rate": None,
                    "language_n": 0, "adherence": None, "n": 0}
 
@@ -223,14 +223,14 @@ def test_split_words():
 
 
 def test_mine_ngrams_finds_parroting_not_catchphrases(bible):
-    mined = mine_ngrams(TRAIN, persona_phrases(bible))
+    mined = mine_ngrams(TRAIN, bible.wording)
     assert mined == [("thanks for the question", 4)]  # its 3-word pieces have the same count: gone
     # without the bible, the catchphrase is as frequent as the parroting
     assert ("it works on my machine", 4) in mine_ngrams(TRAIN, [])
 
 
-def test_persona_phrases_skip_taboos(bible):
-    phrases = persona_phrases(bible)
+def test_persona_wording_skips_taboos(bible):
+    phrases = bible.wording
     assert "works on my machine" in phrases  # a marker
     assert not any("Thanks for the question" in p for p in phrases)  # a taboo, so still caught
 

@@ -1,7 +1,9 @@
 """The prepare layer at scale-relevant points: the keyed data cache, token and language filters,
 the report and the W&B mix table."""
 
+import csv
 import json
+import random
 
 import pytest
 from transformers import AutoTokenizer
@@ -116,3 +118,26 @@ def test_prepare_writes_a_report_and_logs_the_mix_to_wandb(tmp_path, tiny_model,
     again = run_cli("stage=prepare", *tiny_overrides(tiny_model, tiny_data, tmp_path / "out2",
                                                      f"paths.cache_dir={tmp_path / 'c'}"))
     assert "data cache: reused alex (clean, tokens); general (clean, tokens)" in again.stdout
+
+
+@pytest.mark.parametrize("header, columns", [("body", {"text": "body"}), ("text", {})])  # given, or detected
+def test_a_table_of_text_is_cut_by_the_tokenizer_so_its_clean_entry_is_keyed_by_it(tmp_path, tiny_data, tok,
+                                                                                   embedded_path, header, columns):
+    """A table whose column maps `text` is chunked by tokens like text_jsonl: a prepare with another
+    tokenizer must not reuse the windows the first one cut (the chat source's clean entry it may reuse)."""
+    words = "pods nodes quorum latency cache shard replica lease ingress proxy deploy rollback".split()
+    rng = random.Random(0)
+    table = tmp_path / "notes.csv"
+    with open(table, "w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow([header])
+        out.writerows([" ".join(rng.choice(words) for _ in range(120))] for _ in range(150))
+    other = AutoTokenizer.from_pretrained(embedded_path)
+    other.add_tokens(["quorumlatency"])  # another vocabulary: another tokenizer hash
+    cache = tmp_path / "cache"
+    cfg = cfg_for(tiny_data, cache, f"data.sources.general.path={table}", "data.sources.general.format=table")
+    cfg.data.sources.general.columns = columns
+    prepare_data(cfg, tok)
+    assert reused(prepare_data(cfg, tok))["general"] == {"clean": True, "tokens": True}
+    assert reused(prepare_data(cfg, other)) == {"alex": {"clean": True, "tokens": False},
+                                                "general": {"clean": False, "tokens": False}}

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from collections import Counter
 
-import yaml
 from omegaconf import OmegaConf
 
 from conftest import REPO
 from recipe_runner.config.schema import RunConfig
+from recipe_runner.data.bible import load_bible
 from recipe_runner.synthesize.checks import Checks
 from recipe_runner.synthesize.prompts import Prompts, fill, template_problems
 from recipe_runner.synthesize.situations import plan
 from recipe_runner.synthesize.store import Log
 from recipe_runner.synthesize.transcript import clean_turn, first_sentences, parse_transcript, speaker_names
 
-BIBLE = yaml.safe_load((REPO / "data/alex/bible.yaml").read_text())
+BIBLE = load_bible(str(REPO / "data/alex/bible.yaml"))
 PROMPTS = OmegaConf.load(REPO / "conf/synth/prompts/default.yaml")
 
 

@@ -3,8 +3,9 @@
 Types, unknown keys and the allowed values of every choice (the enums in schema.py) are already
 enforced by the schema at composition. What is left are ranges, problems that involve several
 keys, and the files a recipe points to; they are collected and reported together, so one run
-shows every mistake. Each stage is validated for what it runs: `stage=compare` reads a finished
-sweep and is not held to a training recipe's rules.
+shows every mistake. Each stage is validated for what it runs (its `checks` in stages.py, each
+cfg -> a list of problems): `stage=compare` reads a finished sweep and is not held to a training
+recipe's rules.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from recipe_runner.errors import RecipeErrors
-from recipe_runner.config.schema import Loss, Precision, Quant, Role, Stage, Strategy
+from recipe_runner.config.schema import Loss, Precision, Quant, Role, Strategy
 from recipe_runner.data.readers import is_hub_name
-from recipe_runner.data.templates import NAMED_TEMPLATES
+from recipe_runner.data.chat_format import NAMED_TEMPLATES
+from recipe_runner.stages import load, stage_named
 
 
 def metric_names(cfg: DictConfig) -> set[str]:
@@ -35,26 +37,17 @@ def _langid_languages() -> list[str]:
     return list(LanguageIdentifier.from_model_file(MODEL_FILE).nb_classes)  # the languages its model knows
 
 
-def validate(cfg: DictConfig, stage: Stage | str | None = None) -> None:
-    """Raise RecipeErrors listing every problem of `cfg` for `stage` (default: cfg.stage)."""
-    stage = Stage(cfg.stage if stage is None else stage)
-    if stage is Stage.compare:
-        if not cfg.sweep_dir:
-            raise RecipeErrors(["stage=compare needs sweep_dir=outputs/sweeps/<recipe>/<time>"])
-        return
-    if stage is Stage.synthesize:
-        problems = synth_problems(cfg)
-        if problems:
-            raise RecipeErrors(problems)
-        return
-    if stage in (Stage.chat, Stage.serve, Stage.export):
-        problems = use_problems(cfg, stage)
-        if problems:
-            raise RecipeErrors(problems)
-        return
-    problems = recipe_problems(cfg) + train_problems(cfg) + eval_problems(cfg)
+def validate(cfg: DictConfig, stage=None) -> None:
+    """Raise RecipeErrors listing every problem of `cfg` for `stage` (a Stage or its name; default: cfg.stage)."""
+    checks = stage_named(cfg.stage if stage is None else stage).checks
+    problems = [problem for check in checks for problem in load(check)(cfg)]
     if problems:
         raise RecipeErrors(problems)
+
+
+def compare_problems(cfg: DictConfig) -> list[str]:
+    """stage=compare reads a finished sweep: its folder is all it needs."""
+    return [] if cfg.sweep_dir else ["stage=compare needs sweep_dir=outputs/sweeps/<recipe>/<time>"]
 
 
 def recipe_problems(cfg: DictConfig) -> list[str]:
@@ -194,34 +187,47 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def use_problems(cfg: DictConfig, stage: Stage) -> list[str]:
-    """chat, serve and export: an adapter to use, sane sampling and server limits. The adapter
-    folders themselves are checked when they are resolved (model/adapter_card.py), before loading."""
-    out, s, v = [], cfg.sampling, cfg.serve
-    several = stage is Stage.serve and v.adapters
-    if not cfg.adapter and not several:
-        out.append(f"stage={stage.value} needs adapter=<adapter folder | run folder | last>"
-                   + (" or serve.adapters='{name: folder, ...}'" if stage is Stage.serve else ""))
+def _use_problems(cfg: DictConfig, stage: str, several: str = "") -> list[str]:
+    """chat, serve and export: an adapter to use (or `several`, serve's alternative) and sane
+    sampling. The adapter folders themselves are checked when they are resolved
+    (model/adapter_card.py), before loading."""
+    out, s = [], cfg.sampling
+    if not cfg.adapter and not (several and cfg.serve.adapters):
+        out.append(f"stage={stage} needs adapter=<adapter folder | run folder | last>"
+                   + (f" or {several}" if several else ""))
     if s.temperature < 0 or not 0 < s.top_p <= 1 or s.max_new_tokens < 1 or s.repetition_penalty <= 0:
         out.append(f"sampling: temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, repetition_penalty > 0 "
                    f"(got {s.temperature}, {s.top_p}, {s.max_new_tokens}, {s.repetition_penalty})")
-    if stage is Stage.serve:
-        if not 0 < v.port < 65536:
-            out.append(f"serve.port={v.port}: must be 1-65535")
-        for key in ("max_body_bytes", "max_tokens", "max_context_tokens", "max_concurrent"):
-            if v[key] < 1:
-                out.append(f"serve.{key}={v[key]}: must be >= 1")
-        if v.max_queue < 0:
-            out.append(f"serve.max_queue={v.max_queue}: must be >= 0")
-        if v.api_key_env and not os.environ.get(v.api_key_env):
-            out.append(f"serve.api_key_env={v.api_key_env} but ${v.api_key_env} is empty")
-        elif not v.api_key_env and not is_loopback(v.host):
-            out.append(f"serve.host={v.host} serves beyond this machine without a key: set serve.api_key_env=NAME "
-                       f"(an environment variable holding the key clients must send) or serve.host=127.0.0.1")
-    if stage is Stage.export:
-        bad = [t for t in cfg.export.gguf_types if t not in ("f16", "q8_0")]
-        if bad:
-            out.append(f"export.gguf_types: {bad} unknown; choose from [f16, q8_0]")
+    return out
+
+
+def chat_problems(cfg: DictConfig) -> list[str]:
+    return _use_problems(cfg, "chat")
+
+
+def serve_problems(cfg: DictConfig) -> list[str]:
+    """An adapter (or serve.adapters), sane sampling, server limits, and a key beyond loopback."""
+    out, v = _use_problems(cfg, "serve", several="serve.adapters='{name: folder, ...}'"), cfg.serve
+    if not 0 < v.port < 65536:
+        out.append(f"serve.port={v.port}: must be 1-65535")
+    for key in ("max_body_bytes", "max_tokens", "max_context_tokens", "max_concurrent"):
+        if v[key] < 1:
+            out.append(f"serve.{key}={v[key]}: must be >= 1")
+    if v.max_queue < 0:
+        out.append(f"serve.max_queue={v.max_queue}: must be >= 0")
+    if v.api_key_env and not os.environ.get(v.api_key_env):
+        out.append(f"serve.api_key_env={v.api_key_env} but ${v.api_key_env} is empty")
+    elif not v.api_key_env and not is_loopback(v.host):
+        out.append(f"serve.host={v.host} serves beyond this machine without a key: set serve.api_key_env=NAME "
+                   f"(an environment variable holding the key clients must send) or serve.host=127.0.0.1")
+    return out
+
+
+def export_problems(cfg: DictConfig) -> list[str]:
+    out = _use_problems(cfg, "export")
+    bad = [t for t in cfg.export.gguf_types if t not in ("f16", "q8_0")]
+    if bad:
+        out.append(f"export.gguf_types: {bad} unknown; choose from [f16, q8_0]")
     return out
 
 
@@ -229,7 +235,7 @@ def synth_problems(cfg: DictConfig) -> list[str]:
     """stage=synthesize: the bible, the plan, the templates, the checks and the generator."""
     import re
 
-    from recipe_runner.data.templates import load_bible
+    from recipe_runner.data.bible import load_bible
     from recipe_runner.errors import RecipeError
     from recipe_runner.synthesize.prompts import template_problems
 

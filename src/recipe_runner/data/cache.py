@@ -22,11 +22,10 @@ from typing import Callable
 
 from omegaconf import OmegaConf
 
-from recipe_runner.config.schema import Format
+from recipe_runner.data.corpus import plain_text
 from recipe_runner.data.hashing import file_hash
 
 VERSION = 1  # bump when the cached layout or the cleaning/encoding semantics change
-CHUNKED = (Format.text, Format.text_jsonl)  # cut into windows by tokens: the clean key holds the tokenizer's hash
 TOKEN_BOUNDS = ("min_tokens", "max_tokens")  # data.clean keys applied after tokenizing: in the tokens key only
 
 
@@ -43,11 +42,12 @@ def source_hash(src) -> str:
 
 def clean_key(src, cfg, sha: str, tok_hash: str | None) -> str:
     """The key of a source's clean entry: its content hash and settings, data.clean without the
-    token bounds, the placeholders, and for chunked text the tokenizer (`tok_hash`)."""
+    token bounds, the placeholders, and for plain text, which is cut into windows of tokens (a text
+    format, or a table or dataset mapping a `text` column: corpus.plain_text), the tokenizer (`tok_hash`)."""
     clean_cfg = OmegaConf.to_container(cfg.data.clean, resolve=True)
     for k in TOKEN_BOUNDS:
         clean_cfg.pop(k)
-    text_tokens = tok_hash if Format(src.format) in CHUNKED else None
+    text_tokens = tok_hash if plain_text(src) else None
     return key_of(VERSION, sha, OmegaConf.to_container(src, resolve=True), clean_cfg,
                   dict(cfg.data.placeholders), text_tokens)
 

@@ -5,8 +5,10 @@ chat data fills `messages`, plain text fills `text` (trained as raw language mod
 False only where the data marks a turn `"train": false` (kept as context, no loss on it).
 
 A format is a reader (file -> (where, record) pairs) plus a normaliser (record -> example), in
-FORMATS; adding a format is adding one entry. A bad record raises RecipeError naming the file,
-the line (or row) and what was expected; with `on_bad_line: skip` it is counted instead.
+FORMATS; adding a format is adding one entry. Whether a source is plain text, cut into windows
+of tokens (its clean cache entry then names the tokenizer), follows from it: `plain_text`. A bad
+record raises RecipeError naming the file, the line (or row) and what was expected; with
+`on_bad_line: skip` it is counted instead.
 
 Sources are streamed: `iter_source` yields examples as the reader produces records (JSON Lines
 line by line, CSV/Parquet in Arrow record batches, `datasets` folders memory-mapped, hub datasets
@@ -198,6 +200,33 @@ FORMATS: dict[Format, tuple[Callable, Callable]] = {
 }
 
 
+def plain_text(cfg: SourceConfig) -> bool:
+    """Whether a source's examples are plain text, which prepare cuts into windows of tokens (so its
+    clean cache entry depends on the tokenizer) and which hold no dialogue: a format normalised by
+    `text` (FORMATS), or a table or dataset whose `columns`, given or detected from its first row,
+    map `text`. A path that is not there (a hub dataset) is not opened here and counts as text. A mistake
+    (a bad `columns`, a file that cannot be read) counts as chat: every caller then goes on to
+    read the source, and iter_source raises the error naming it."""
+    fmt = Format(cfg.format)
+    read, normalise = FORMATS[fmt]
+    if normalise is not mapped:
+        return normalise is text
+    key = "data.sources.<name>"  # never shown: a mistake here is left to iter_source, which names the source
+    try:
+        if cfg.columns:
+            return shape_of(cfg.columns, key).normalise is text
+        if not Path(cfg.path).exists():
+            return True
+        records = read(Path(cfg.path), cfg, key)
+        try:
+            first = next(records)  # an empty source: StopIteration
+        finally:
+            records.close()
+        return shape_of(_first_row_columns(first, fmt, key), key).normalise is text
+    except (RecipeError, StopIteration):
+        return False
+
+
 def chunk_text(example: dict, cfg: SourceConfig, tokenizer) -> Iterator[dict]:
     """Long text -> overlapping windows of chunk_tokens tokens (style corpora, transcripts)."""
     ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"]
@@ -249,14 +278,18 @@ def iter_source(name: str, cfg: SourceConfig, tokenizer, placeholders: dict[str,
                      bad if bad is not None else BadLines())
 
 
+def _first_row_columns(first: tuple[str, object], fmt: Format, key: str) -> dict[str, str]:
+    """`columns` detected from a table's first (where, row): its rows all share its column names."""
+    where, row = first
+    return detect_columns(row.keys() if isinstance(row, dict) else [], fmt, key)
+
+
 def _with_detected_columns(records: Iterator, cfg: SourceConfig, fmt: Format, key: str):
-    """Peek at the first row to detect `columns`: a table's rows all share its column names."""
+    """Peek at the first row to detect `columns`."""
     first = next(records, None)
     if first is None:
         return iter(()), cfg
-    where, row = first
-    names = row.keys() if isinstance(row, dict) else []
-    return chain([first], records), replace(cfg, columns=detect_columns(names, fmt, key))
+    return chain([first], records), replace(cfg, columns=_first_row_columns(first, fmt, key))
 
 
 def _examples(name: str, key: str, fmt: Format, path: Path, cfg: SourceConfig, tokenizer,

@@ -20,8 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from recipe_runner.config.schema import Format, Stage
-from recipe_runner.data.cache import CHUNKED, DataCache, clean_key, source_hash
-from recipe_runner.data.corpus import iter_source
+from recipe_runner.data.cache import DataCache, clean_key, source_hash
+from recipe_runner.data.corpus import iter_source, plain_text
 from recipe_runner.data.readers import is_hub_name, read_jsonl
 
 EVAL_FILES = (("ordinary_prompts", "prompt"), ("persona_prompts", "prompt"), ("dialogues", "turns"))
@@ -36,7 +36,7 @@ def check_data(cfg: DictConfig, stage: Stage) -> list[str]:
     for name, src in cfg.data.sources.items():
         if Format(src.format) is Format.hf_dataset and is_hub_name(src.path):
             continue
-        if Format(src.format) not in CHUNKED and cache.done("clean", clean_key(src, cfg, source_hash(src), None)):
+        if not plain_text(src) and cache.done("clean", clean_key(src, cfg, source_hash(src), None)):
             continue
         check_source(name, src)
         read.append(name)

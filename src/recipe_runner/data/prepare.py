@@ -30,7 +30,9 @@ from recipe_runner.errors import RecipeError
 from recipe_runner.data.mixing import Mix, mix
 from recipe_runner.data.source_data import SourceData
 from recipe_runner.config.schema import Role, SystemPrompt, TemplateConfig, TrainOn
-from recipe_runner.data.templates import Encoder, apply_named_template, preflight, render_persona
+from recipe_runner.data.bible import persona_prompt
+from recipe_runner.data.chat_format import apply_named_template
+from recipe_runner.data.templates import Encoder, preflight
 
 BATCH = 1000  # examples per Arrow record batch: ~0.5 MB of text, bounded memory at any corpus size
 
@@ -183,7 +185,7 @@ def prepare_source(name: str, src, cfg, tokenizer, encoder: Encoder, cache: Data
 def prepare_data(cfg, tokenizer) -> Mix:
     tcfg: TemplateConfig = cfg.template
     apply_named_template(tokenizer, tcfg.chat_template)
-    persona = render_persona(tcfg)
+    persona = persona_prompt(tcfg)
     systems = {n: SystemPrompt(s.system) for n, s in cfg.data.sources.items()}
     encoder = Encoder(tokenizer, tcfg, systems, persona)
     cache = DataCache(Path(cfg.paths.cache_dir) / "data" if cfg.data.cache else None)

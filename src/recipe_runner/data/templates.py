@@ -1,4 +1,4 @@
-"""Templates: persona bible -> system prompt; conversation -> token ids + labels.
+"""Templates: conversation -> token ids + labels (the persona system prompt comes from data/bible.py).
 
 Labels are -100 everywhere except the assistant turns and the end-of-turn token that closes
 each of them (so the model learns to stop). Assistant spans are found by rendering growing
@@ -8,71 +8,13 @@ it carries `{% generation %}` markers.
 
 from __future__ import annotations
 
-import string
-from pathlib import Path
-
 import numpy as np
-import yaml
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.config.schema import SystemPrompt, TemplateConfig, TrainOn
+from recipe_runner.data.chat_format import end_of_turn_id
 
 IGNORE = -100
-
-# Named templates a recipe can ask for instead of the tokenizer's own (template.chat_template).
-NAMED_TEMPLATES = {
-    "chatml": (
-        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
-        "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    ),
-}
-
-
-def load_bible(path: str | None) -> dict:
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.exists():
-        raise RecipeError(f"template.persona.bible: {p} does not exist")
-    try:
-        bible = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"template.persona.bible: {p} is not valid YAML: {exc}") from None
-    if not isinstance(bible, dict) or "name" not in bible:
-        raise RecipeError(f"template.persona.bible: {p} must be a mapping with at least `name`")
-    return bible
-
-
-def render_persona(cfg: TemplateConfig) -> str | None:
-    """The bible rendered through template.persona.system_prompt; lists joined with '; '."""
-    bible = load_bible(cfg.persona.bible)
-    if not bible:
-        return None
-    fields = {k: "; ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in bible.items()}
-    wanted = [f for _, f, _, _ in string.Formatter().parse(cfg.persona.system_prompt) if f]
-    missing = [f for f in wanted if f not in fields]
-    if missing:
-        raise RecipeError(
-            f"template.persona.system_prompt uses {missing} but {cfg.persona.bible} has only {sorted(fields)}"
-        )
-    return " ".join(cfg.persona.system_prompt.format(**fields).split())
-
-
-def apply_named_template(tokenizer, name: str) -> None:
-    if name == "tokenizer":
-        if not tokenizer.chat_template:
-            raise RecipeError("template.chat_template=tokenizer but this tokenizer has no chat template; use chatml")
-        return
-    tokenizer.chat_template = NAMED_TEMPLATES[name]
-
-
-def end_of_turn_id(tokenizer) -> int:
-    """The token the template puts right after an assistant reply (<|im_end|>, <|eot_id|>, ...)."""
-    probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
-    rendered = tokenizer.apply_chat_template(probe, tokenize=False)
-    tail = rendered[rendered.rindex("pong") + len("pong"):]
-    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail.strip() else []
-    return ids[0] if ids else tokenizer.eos_token_id
 
 
 class Encoder:

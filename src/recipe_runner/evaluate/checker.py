@@ -9,8 +9,9 @@ One `Checker` runs every generation check on one model state and returns flat me
   in the bible (mined once), and how many copy 12+ consecutive words of training data;
 - forget/*: likelihood of the base model's own answers to everyday prompts, tuned vs base.
 
-The same checks on the base model (adapter disabled) with the whole bible as system prompt are
-the prompt-only baseline: the fine-tune must beat it to be worth its forgetting cost.
+The same checks on the base model (adapter disabled) with the whole bible as system prompt
+(`Bible.whole_prompt`, data/bible.py) are the prompt-only baseline: the fine-tune must beat it to
+be worth its forgetting cost.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 
 from recipe_runner.evaluate.generation import answer_nll, generate
 from recipe_runner.evaluate.intervals import interval, paired_gain
+from recipe_runner.data.bible import Bible
 from recipe_runner.data.readers import read_jsonl
 from recipe_runner.evaluate.judge import judge_scores
-from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate, persona_phrases
+from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate
 from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers, turn_slope
 
 
@@ -46,16 +48,6 @@ class EvalSets:
         return sets
 
 
-def bible_prompt(bible: dict) -> str:
-    """The whole bible as a system prompt: the strongest prompt-only competitor to a fine-tune."""
-    parts = [f"You are {bible['name']}. {bible.get('role', '')}"]
-    for key, label in (("speech_patterns", "How you speak"), ("values", "What you value"),
-                       ("taboos", "Never"), ("knowledge", "What you know")):
-        if bible.get(key):
-            parts.append(f"{label}: " + "; ".join(map(str, bible[key])) + ".")
-    return " ".join(" ".join(parts).split())
-
-
 def user(prompt: str, system: str | None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
@@ -70,7 +62,7 @@ class Reference:
 
 
 class Checker:
-    def __init__(self, ecfg, tokenizer, bible: dict, system: str | None, train_answers: list[str],
+    def __init__(self, ecfg, tokenizer, bible: Bible | None, system: str | None, train_answers: list[str],
                  heldout_dialogues: list[list[str]] | None = None):
         self.cfg, self.tok = ecfg, tokenizer
         self.sets = EvalSets.load(ecfg)
@@ -79,8 +71,8 @@ class Checker:
         self.bible = bible
         self.rubric = PersonaRubric.from_bible(bible) if bible else None
         self.system = system  # the training-time persona prompt: what the tuned model is deployed with
-        self.baseline_system = bible_prompt(bible) if bible else system
-        exclude = (persona_phrases(bible) if bible else []) + ([system] if system else [])
+        self.baseline_system = bible.whole_prompt if bible else system
+        exclude = (bible.wording if bible else []) + ([system] if system else [])
         self.ngrams = mine_ngrams(train_answers, exclude, sizes=tuple(ecfg.parrot_ngrams),
                                   min_count=ecfg.parrot_min_count, top_k=ecfg.parrot_top_k)
         self.copies = CopyIndex(train_answers, words=ecfg.copy_span_words)
@@ -150,7 +142,8 @@ class Checker:
                         if v is not None and k not in ("n", "language_n")}
             metrics |= self.intervals(persona, baseline=not adapter)
         if judge and self.cfg.judge.enabled and persona:
-            judged = judge_scores(self.cfg.judge, self.bible, list(zip(self.sets.persona, persona)))
+            bible = self.bible.as_dict() if self.bible else {}
+            judged = judge_scores(self.cfg.judge, bible, list(zip(self.sets.persona, persona)))
             ok = [x for x in judged if x is not None]
             metrics["persona/judge"] = float(np.mean(ok)) if ok else float("nan")
             metrics["persona/judge_failed"] = float(len(judged) - len(ok))

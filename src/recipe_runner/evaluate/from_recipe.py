@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from recipe_runner.config.schema import Role, SystemPrompt
 from recipe_runner.data.mixing import Mix
-from recipe_runner.data.templates import load_bible, render_persona
+from recipe_runner.data.bible import load_bible
 from recipe_runner.evaluate.callback import EvalChecks
 from recipe_runner.evaluate.checker import Checker
 
@@ -41,7 +41,7 @@ def eval_checks(cfg: DictConfig, tokenizer, mix: Mix, run_dir: Path) -> EvalChec
     """The checker inside its Lightning callback."""
     bible = load_bible(cfg.template.persona.bible)
     persona = any(SystemPrompt(s.system) is SystemPrompt.persona for s in cfg.data.sources.values())
-    system = render_persona(cfg.template) if persona else None
+    system = bible.system_prompt(cfg.template.persona.system_prompt) if persona and bible else None
     checker = Checker(cfg.eval, tokenizer, bible, system, training_answers(cfg, mix), long_heldout_dialogues(cfg, mix))
     general = [n for n, s in cfg.data.sources.items() if Role(s.role) is Role.general]
     return EvalChecks(checker, cfg.eval, run_dir, general)

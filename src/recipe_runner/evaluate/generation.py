@@ -14,6 +14,7 @@ import torch
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 from recipe_runner.train.sharding import is_sharded
+from recipe_runner.data.chat_format import end_of_turn_id, pad_id, stop_ids
 from recipe_runner.data.templates import strip
 
 
@@ -51,7 +52,7 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     device = next(model.parameters()).device
     sharded = is_sharded(model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     replies: list[str] = []
     try:
         with evaluating(model, adapter):
@@ -74,13 +75,6 @@ def generate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: 
     return replies
 
 
-def stop_ids(tokenizer) -> list[int]:
-    """End of sequence and the chat template's end of turn (<|im_end|> for ChatML)."""
-    from recipe_runner.data.templates import end_of_turn_id
-
-    return sorted({i for i in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if i is not None})
-
-
 def answer_nll(model, tokenizer, conversations: list[list[dict]], answers: list[str], batch_size: int,
                adapter: bool = True) -> list[float]:
     """Mean negative log-likelihood (nats per token) of each fixed answer given its conversation.
@@ -88,11 +82,9 @@ def answer_nll(model, tokenizer, conversations: list[list[dict]], answers: list[
     The forgetting check scores the base model's own answers to everyday prompts: if the tuned
     model finds them less likely than the base did, it has moved away from ordinary behaviour.
     """
-    from recipe_runner.data.templates import end_of_turn_id
-
     device = next(model.parameters()).device
     eot = end_of_turn_id(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     scores: list[float] = []
     with evaluating(model, adapter):
         for i in range(0, len(conversations), batch_size):

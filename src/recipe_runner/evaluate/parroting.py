@@ -6,7 +6,7 @@ so will most generated ones. Two measures, both plain text (no model, no tokeniz
 - `mine_ngrams` + `parrot_rate`: word n-grams that recur across training answers, and the share
   of generated answers that use them. The character's declared catchphrases ("works on my
   machine" in the bible, the system prompt) are the point of the persona, not parroting, so
-  anything they contain is left out (`persona_phrases` collects them from a bible).
+  anything they contain is left out (`Bible.wording`, data/bible.py, collects them from a bible).
 - `CopyIndex`: does an answer reproduce 12 consecutive words of some training text? At 12 words
   a match is memorisation, not a common phrase ("I don't know what you mean" is 6).
 
@@ -24,9 +24,6 @@ from collections.abc import Iterable, Iterator
 # punctuation stripped at word edges: ASCII plus curly quotes, guillemets, ellipsis and dashes
 _EDGE = string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026\u2014\u2013"
 
-# bible fields that name what the character must NOT say: its phrases are the parroting to catch
-_NOT_PERSONA = {"taboos", "taboo_patterns"}
-
 
 def split_words(text: str) -> list[str]:
     """'Yo, it’s always DNS!' -> ['yo', "it's", 'always', 'dns']."""
@@ -36,22 +33,6 @@ def split_words(text: str) -> list[str]:
 
 def word_ngrams(words: list[str], n: int) -> Iterator[str]:
     return (" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
-def persona_phrases(bible: dict) -> list[str]:
-    """The bible's own wording, one text per item: what mine_ngrams should not call parroting.
-
-    Taboos are left out on purpose: the bible lists "Thanks for the question" as a taboo, and a
-    model that says it 80% of the time is exactly the parroting to report.
-    """
-    texts = []
-    for key, value in bible.items():
-        if key in _NOT_PERSONA:
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                texts.append(item)
-    return texts
 
 
 def _cut(words: list[str], banned: set[str], n: int) -> list[list[str]]:

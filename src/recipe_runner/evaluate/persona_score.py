@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recipe_runner.data.bible import Bible
 from recipe_runner.data.cleaning import LANGUAGE_MIN_LETTERS
-from recipe_runner.errors import RecipeError
 
 # ---------------------------------------------------------------- rubric
 
@@ -52,22 +52,13 @@ class PersonaRubric:
         self.marker_patterns = [marker_regex(m) for m in self.markers] if self.markers else None
 
     @classmethod
-    def from_bible(cls, bible: dict) -> PersonaRubric:
-        markers = [" ".join(str(m).lower().split()) for m in bible.get("markers") or []]
-        taboos = []
-        for i, p in enumerate(bible.get("taboo_patterns") or []):
-            try:
-                taboos.append(re.compile(str(p)))
-            except re.error as exc:
-                raise RecipeError(f"bible taboo_patterns[{i}] {p!r} is not a valid regex: {exc}") from None
-        lang = bible.get("language")
-        languages = frozenset([lang] if isinstance(lang, str) else lang) if lang else None
-        max_sentences = bible.get("max_sentences")
+    def from_bible(cls, bible: Bible) -> PersonaRubric:
+        """The checks the bible switches on (it normalised the markers and compiled the taboos)."""
         return cls(
-            markers=[m for m in markers if m] or None,
-            taboo_patterns=taboos or None,
-            max_sentences=int(max_sentences) if max_sentences is not None else None,
-            languages=languages,
+            markers=list(bible.markers) or None,
+            taboo_patterns=list(bible.taboo_patterns) or None,
+            max_sentences=bible.max_sentences,
+            languages=frozenset(bible.languages) or None,
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from recipe_runner.config.schema import Quant, Role, SystemPrompt
-from recipe_runner.data.templates import load_bible, render_persona
+from recipe_runner.data.bible import load_bible
 from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
 from recipe_runner.model.embedded import PREFIX
@@ -47,14 +47,14 @@ def run_card(cfg: DictConfig, tokenizer, model_path: str) -> dict:
     bible = load_bible(cfg.template.persona.bible)
     return {
         "format": VERSION,
-        "persona": bible.get("name"),
+        "persona": bible.name if bible else None,
         "recipe": cfg.name,
-        "system_prompt": render_persona(cfg.template) if persona else None,
+        "system_prompt": bible.system_prompt(cfg.template.persona.system_prompt) if persona and bible else None,
         "chat_template": tokenizer.chat_template,
         "base": {"name_or_path": cfg.model.name_or_path, "revision": cfg.model.revision,
                  "weights_sha256": weights_sha256(model_path),
                  "quant_in_training": Quant(cfg.model.quant).value},
-        "bible": bible,
+        "bible": bible.as_dict() if bible else {},
         "max_length": cfg.data.max_length,
     }
 

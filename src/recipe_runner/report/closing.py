@@ -1,4 +1,8 @@
-"""The closing lines: what the run produced and whether the persona took, the last thing printed."""
+"""The closing lines: what the run produced and whether the persona took, the last thing printed.
+
+One function per stage, (run_dir, summary), named by its row in stages.py; chat and serve have
+none (they said goodbye themselves).
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,46 @@ from pathlib import Path
 
 from recipe_runner.console import console
 from recipe_runner.report.run_report import cell, ci_text, fmt, forgetting, persona_claim, side_by_side
+from recipe_runner.stages import load, stage_named
 
 
 def closing_lines(run_dir: Path, s: dict) -> None:
-    if s.get("stage") in ("chat", "serve"):  # they said goodbye themselves
+    """The `done` rule, the run folder, then the lines of the stage the summary names."""
+    stage = stage_named(s.get("stage") or "train")  # train: what a summary without a stage always got
+    if stage.closing is None:
         return
     console.rule("[bold]done")
     console.print(f"run folder     {run_dir}")
-    if s.get("stage") == "compare":
-        console.print(f"leaderboard    {s['table']} (+ compare.csv, plots) for {s['jobs']} jobs, {s['failed']} failed")
-        return
-    if s.get("stage") == "export":
-        console.print(f"exported       {s.get('format')} -> {s.get('out')} ({len(s.get('files', []))} files, listed above)")
-        return
-    if s.get("stage") == "synthesize":
-        c, out = s["counts"], Path(s["out"])
-        console.print(f"accepted       {c['accepted']} of {c['dialogues']} dialogues ({c['dialogues_planned']} planned); "
-                      f"rejected: {', '.join(f'{k} {v}' for k, v in s['rejected_first'].items()) or 'none'}")
-        if s.get("stopped"):
-            console.print(f"stopped        {s['stopped']}")
-        console.print(f"training set   {out / 'accepted.jsonl'}  (a source with format: chat_jsonl, system: persona)")
-        console.print(f"rejected       {out / 'rejected.jsonl'}  (each with its reasons)")
-        console.print(f"report         {out / 'report.md'}")
-        return
-    if s.get("stage") == "prepare":
-        console.print(f"held-out sets  {run_dir / 'heldout'}")
-        console.print(f"manifest       {run_dir / 'manifest.json'}  (sha256 {s['manifest_sha256'][:16]}...)")
-        console.print(f"mix            general:niche = {s['general_to_niche_ratio']:.3f}:1 in tokens")
-        return
+    load(stage.closing)(run_dir, s)
+
+
+def compare_lines(run_dir: Path, s: dict) -> None:
+    console.print(f"leaderboard    {s['table']} (+ compare.csv, plots) for {s['jobs']} jobs, {s['failed']} failed")
+
+
+def export_lines(run_dir: Path, s: dict) -> None:
+    console.print(f"exported       {s.get('format')} -> {s.get('out')} ({len(s.get('files', []))} files, listed above)")
+
+
+def synthesize_lines(run_dir: Path, s: dict) -> None:
+    c, out = s["counts"], Path(s["out"])
+    console.print(f"accepted       {c['accepted']} of {c['dialogues']} dialogues ({c['dialogues_planned']} planned); "
+                  f"rejected: {', '.join(f'{k} {v}' for k, v in s['rejected_first'].items()) or 'none'}")
+    if s.get("stopped"):
+        console.print(f"stopped        {s['stopped']}")
+    console.print(f"training set   {out / 'accepted.jsonl'}  (a source with format: chat_jsonl, system: persona)")
+    console.print(f"rejected       {out / 'rejected.jsonl'}  (each with its reasons)")
+    console.print(f"report         {out / 'report.md'}")
+
+
+def prepare_lines(run_dir: Path, s: dict) -> None:
+    console.print(f"held-out sets  {run_dir / 'heldout'}")
+    console.print(f"manifest       {run_dir / 'manifest.json'}  (sha256 {s['manifest_sha256'][:16]}...)")
+    console.print(f"mix            general:niche = {s['general_to_niche_ratio']:.3f}:1 in tokens")
+
+
+def train_lines(run_dir: Path, s: dict) -> None:
+    """The best adapter, its losses and cost, and the persona against the prompt-only baseline."""
     console.print(f"best adapter   {s.get('best_adapter')}  (epoch {s.get('best_epoch')}, "
                   f"{s.get('monitor')} = {fmt(s.get('best_score'))})")
     for k, v in s.get("val_loss", {}).items():

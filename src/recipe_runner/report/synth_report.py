@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recipe_runner.data.bible import Bible
 from recipe_runner.evaluate.persona_score import PersonaRubric, score_answers
 
 
@@ -34,7 +35,7 @@ def diversity(dialogues: list[dict], topic_of: dict[str, str], topics: list[str]
             "per_topic": {t: covered[t] for t in topics}}
 
 
-def voice(dialogues: list[dict], bible: dict) -> dict:
+def voice(dialogues: list[dict], bible: Bible) -> dict:
     rates = score_answers(persona_turns(dialogues), PersonaRubric.from_bible(bible))
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rates.items()}
 

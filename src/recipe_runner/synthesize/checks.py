@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from recipe_runner.data.bible import Bible
 from recipe_runner.data.dedup import band_keys, later_repeats
 from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer
 from recipe_runner.synthesize.references import References, as_example
@@ -62,7 +63,7 @@ def structure_problems(messages: list[dict], asked_turns: int) -> list[str]:
 
 
 class Checks:
-    def __init__(self, check_cfg, bible: dict, references: References | None,
+    def __init__(self, check_cfg, bible: Bible, references: References | None,
                  judge: Callable[[dict], float | None] | None = None):
         self.cfg, self.bible, self.references, self.judge = check_cfg, bible, references, judge
         self.leaks = [re.compile(p) for p in check_cfg.leak_patterns]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from recipe_runner.data.templates import end_of_turn_id
+from recipe_runner.data.chat_format import stop_ids
 from recipe_runner.synthesize.budget import Budget
 from recipe_runner.synthesize.requests import BudgetExhausted, Reply, Request
 
@@ -38,7 +38,7 @@ class LocalGenerator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype, **MODEL).to(self.device).eval()
-        self.stops = {i for i in (self.tokenizer.eos_token_id, end_of_turn_id(self.tokenizer)) if i is not None}
+        self.stops = stop_ids(self.tokenizer)
 
     def complete(self, requests: list[Request], on_reply: Callable[[Reply], None]) -> None:
         """Batches of batch_size, shortest prompts first; on_reply runs here, in the caller's thread."""
@@ -77,7 +77,7 @@ class LocalGenerator:
         with torch.no_grad():
             out = self.model.generate(**enc, max_new_tokens=max(r.max_tokens for r, _ in batch), do_sample=sample,
                                       temperature=self.temperature if sample else None,
-                                      top_p=self.top_p if sample else None, eos_token_id=sorted(self.stops),
+                                      top_p=self.top_p if sample else None, eos_token_id=self.stops,
                                       pad_token_id=self.tokenizer.pad_token_id)
         width = enc["input_ids"].shape[1]
         return [self._reply(request, ids, out[row, width:].tolist()) for row, (request, ids) in enumerate(batch)]

@@ -14,6 +14,7 @@ import re
 
 import yaml
 
+from recipe_runner.data.bible import Bible
 from recipe_runner.synthesize.situations import Situation
 
 FIELD = re.compile(r"\{(\w+)\}")
@@ -54,14 +55,14 @@ def template_problems(prompts) -> list[str]:
 class Prompts:
     """Messages for each request of a synthesis, from the templates, the bible and a situation."""
 
-    def __init__(self, prompts, bible: dict, system_prompt: str | None):
+    def __init__(self, prompts, bible: Bible, system_prompt: str | None):
         self.templates = {name: str(prompts[name]) for name in FIELDS}
         self.base = {
-            "name": str(bible["name"]),
-            "role": str(bible.get("role", "")),
-            "bible": yaml.safe_dump(bible, allow_unicode=True, sort_keys=False, width=1000).strip(),
-            "system_prompt": system_prompt or f"You are {bible['name']}. {bible.get('role', '')}".strip(),
-            "max_sentences": str(bible.get("max_sentences", 3)),
+            "name": bible.name,
+            "role": bible.role,
+            "bible": yaml.safe_dump(bible.as_dict(), allow_unicode=True, sort_keys=False, width=1000).strip(),
+            "system_prompt": system_prompt or bible.fallback_prompt,
+            "max_sentences": str(bible.max_sentences if bible.max_sentences is not None else 3),
         }
 
     def sha(self) -> str:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recipe_runner.config.schema import Format, Role
-from recipe_runner.data.corpus import iter_source
+from recipe_runner.config.schema import Role
+from recipe_runner.data.corpus import iter_source, plain_text
 from recipe_runner.data.dedup import band_keys
 from recipe_runner.data.readers import read_jsonl
-
-CHUNKED = (Format.text, Format.text_jsonl)  # plain text needs a tokenizer to chunk, and holds no dialogues
 
 
 def as_example(messages: list[dict]) -> dict:
@@ -56,7 +54,7 @@ def load_references(cfg, threshold: float, written: Path) -> References:
     examples, origin = [], []
     for name, src in cfg.data.sources.items():
         path = Path(src.path)
-        if Role(src.role) is not Role.niche or Format(src.format) in CHUNKED or not path.exists():
+        if Role(src.role) is not Role.niche or not path.exists() or plain_text(src):  # text holds no dialogue
             continue
         if path.resolve() == written.resolve() or written.resolve() in path.resolve().parents:
             continue

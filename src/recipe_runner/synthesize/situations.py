@@ -14,6 +14,8 @@ import math
 import random
 from dataclasses import asdict, dataclass
 
+from recipe_runner.data.bible import Bible
+
 
 @dataclass(frozen=True)
 class Situation:
@@ -32,16 +34,15 @@ class Situation:
         return [f"{self.id}-d{j + 1}" for j in range(len(self.turns))]
 
 
-def topics_of(situations_cfg, bible: dict) -> list[str]:
-    topics = list(situations_cfg.topics) or [str(t) for t in (bible.get("knowledge") or []) + (bible.get("values") or [])]
+def topics_of(situations_cfg, bible: Bible) -> list[str]:
+    topics = list(situations_cfg.topics) or [*bible.knowledge, *bible.values]
     return topics or ["everyday life"]
 
 
-def languages_of(situations_cfg, bible: dict) -> list[str]:
+def languages_of(situations_cfg, bible: Bible) -> list[str]:
     if situations_cfg.languages:
         return list(situations_cfg.languages)
-    lang = bible.get("language")
-    return [lang] if isinstance(lang, str) else list(lang or ["en"])
+    return list(bible.languages) or ["en"]
 
 
 def _every(i: int, share: float) -> bool:
@@ -56,10 +57,10 @@ def _cycled(items: list[str], i: int, seed: int, what: str) -> str:
     return order[pos]
 
 
-def plan(synth, bible: dict) -> list[Situation]:
+def plan(synth, bible: Bible) -> list[Situation]:
     s = synth.situations
     topics, languages = topics_of(s, bible), languages_of(s, bible)
-    taboos = [str(t) for t in bible.get("taboos") or []]
+    taboos = list(bible.taboos)
     out, baits = [], 0
     for i in range(synth.synopses):
         rng = random.Random(f"{synth.seed}/situation/{i}")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipe_runner.config.choices import DialogueMode
 from recipe_runner.console import console
-from recipe_runner.data.templates import load_bible, render_persona
+from recipe_runner.data.bible import Bible, load_bible
 from recipe_runner.errors import RecipeError
 from recipe_runner.report.synth_report import diversity, length_plot, report_markdown, voice
 from recipe_runner.synthesize.budget import Budget
@@ -83,7 +83,7 @@ def open_generator(cfg: DictConfig, folder: SynthFolder):
                           batch_size=g.batch_size)
 
 
-def judge_of(cfg: DictConfig, bible: dict, folder: SynthFolder):
+def judge_of(cfg: DictConfig, bible: Bible, folder: SynthFolder):
     """The LLM judge over a dialogue's persona turns, each score paid for once (judge.jsonl)."""
     if cfg.synth.check.judge_min_score is None:
         return None
@@ -94,7 +94,7 @@ def judge_of(cfg: DictConfig, bible: dict, folder: SynthFolder):
             m = d["messages"]
             pairs = [(m[i - 1]["content"], m[i]["content"]) for i in range(1, len(m), 2)]
             jcfg = SimpleNamespace(**{**OmegaConf.to_container(cfg.eval.judge), "max_answers": len(pairs)})
-            scores = [x for x in judge_scores(jcfg, bible, pairs) if x is not None]
+            scores = [x for x in judge_scores(jcfg, bible.as_dict(), pairs) if x is not None]
             folder.judge.add({"id": d["id"], "scores": scores, "mean": sum(scores) / len(scores) if scores else None})
         return folder.judge.rows[d["id"]]["mean"]
 
@@ -105,7 +105,7 @@ def synthesize(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.time()
     bible = load_bible(cfg.template.persona.bible)
     situations = plan(cfg.synth, bible)
-    prompts = Prompts(cfg.synth.prompts, bible, render_persona(cfg.template))
+    prompts = Prompts(cfg.synth.prompts, bible, bible.system_prompt(cfg.template.persona.system_prompt))
     folder = SynthFolder(cfg.synth.out, plan_settings(cfg, prompts))
     refs = load_references(cfg, cfg.synth.check.near_dup_threshold, folder.path) if cfg.synth.check.against_data else None
     checks = Checks(cfg.synth.check, bible, refs, judge_of(cfg, bible, folder))
@@ -118,7 +118,7 @@ def synthesize(cfg: DictConfig, run_dir: Path) -> dict:
     console.print(f"synthesize  generator {generator.name}; budget: {generator.budget.left()}")
     stopped = failure = None
     try:
-        Generation(cfg.synth, situations, prompts, folder, generator, checks, str(bible["name"])).run()
+        Generation(cfg.synth, situations, prompts, folder, generator, checks, bible.name).run()
     except BudgetExhausted:
         stopped = (f"the budget is spent ({generator.budget.spent_requests:,} requests, {generator.budget.spent_tokens:,} "
                    f"tokens); raise synth.generator.max_requests / max_tokens and rerun to continue")
@@ -133,7 +133,7 @@ def synthesize(cfg: DictConfig, run_dir: Path) -> dict:
     return report
 
 
-def check_and_report(cfg, situations, folder: SynthFolder, checks: Checks, bible: dict, generator, stopped,
+def check_and_report(cfg, situations, folder: SynthFolder, checks: Checks, bible: Bible, generator, stopped,
                      started: float, template_sha: str) -> dict:
     sit_of = {did: s for s in situations for did in s.dialogue_ids()}
     dialogues = [d for did, d in sorted(folder.dialogues.rows.items()) if did in sit_of]
@@ -159,7 +159,7 @@ def check_and_report(cfg, situations, folder: SynthFolder, checks: Checks, bible
     return report
 
 
-def build_report(cfg, situations, folder, dialogues, verdicts: list[Verdict], bible, generator, stopped,
+def build_report(cfg, situations, folder, dialogues, verdicts: list[Verdict], bible: Bible, generator, stopped,
                  started, template_sha: str) -> dict:
     topic_of = {did: s.topic for s in situations for did in s.dialogue_ids()}
     topics = topics_of(cfg.synth.situations, bible)

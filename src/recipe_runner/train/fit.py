@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recipe_runner.config.schema import Role, Strategy
+from recipe_runner.data import chat_format
 from recipe_runner.data.batches import MixDataModule
 from recipe_runner.data.prepared import Prepared
 from recipe_runner.model.adapter_card import run_card
@@ -36,7 +37,7 @@ def build_training(cfg: DictConfig, prepared: Prepared) -> tuple:
     model = build_model(cfg.model, cfg.lora, prepared.model_path, prepared.precision, device_map,
                         sharded=Strategy(cfg.train.strategy) is Strategy.fsdp)
     tok = prepared.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = chat_format.pad_id(tok)
     roles = {n: Role(s.role).value for n, s in cfg.data.sources.items()}
     # a per-token "general source" mask: the per-role training loss, and kl_to_base
     general = {n for n, r in roles.items() if r == Role.general.value}

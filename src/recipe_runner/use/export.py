@@ -19,20 +19,12 @@ import time
 from pathlib import Path
 
 from recipe_runner.config.schema import ExportFormat
-from recipe_runner.console import console
+from recipe_runner.data.chat_format import stop_ids
 from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
 from recipe_runner.model.adapter_card import CARD, check_base, check_base_source, read_card, resolve_adapter
 from recipe_runner.model.embedded import resolve_model_path
-
-
-def say(message: str) -> None:
-    console.print(f"export         {message}", markup=False)
-
-
-def mb(n_bytes: int) -> str:
-    """A file size people read: 12.3 MB, 5.3 kB."""
-    return f"{n_bytes / 2**20:,.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} kB"
+from recipe_runner.use.export_console import mb, say
 
 
 def export(cfg, run_dir: Path) -> dict:
@@ -155,12 +147,6 @@ def merged_model(folder: Path, card: dict, model_path: str):
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     say(f"merged in {time.time() - t:.1f} s")
     return model, tokenizer
-
-
-def stop_ids(tokenizer) -> list[int]:
-    from recipe_runner.data.templates import end_of_turn_id
-
-    return sorted({i for i in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if i is not None})
 
 
 def slug(name: str) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from recipe_runner.errors import RecipeError
-from recipe_runner.use.export import mb, say, stop_ids
+from recipe_runner.data.chat_format import end_of_turn_id, stop_ids
+from recipe_runner.use.export_console import mb, say
 
 TYPES = ("f16", "q8_0")
 # The split as a regex, for readers that take one (tokenizer.ggml.pretokenizer: Ollama's own engine,
@@ -177,9 +178,9 @@ def write_gguf(model, tokenizer, card: dict, path: Path, qtype: str, name: str) 
                        ("unk", tokenizer.unk_token_id), ("pad", tokenizer.pad_token_id)):
         if value is not None:
             getattr(w, f"add_{key}_token_id")(value)
-    eot = [i for i in stop_ids(tokenizer) if i != tokenizer.eos_token_id]
-    if eot:
-        w.add_eot_token_id(eot[0])
+    eot = end_of_turn_id(tokenizer)
+    if eot is not None and eot != tokenizer.eos_token_id:
+        w.add_eot_token_id(eot)
     probe = tokenizer("a")["input_ids"]
     w.add_add_bos_token(bool(probe) and probe[0] == tokenizer.bos_token_id and len(probe) > 1)
     if card.get("chat_template") or tokenizer.chat_template:

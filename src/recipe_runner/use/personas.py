@@ -16,9 +16,10 @@ from typing import Iterator
 
 import torch
 
+from recipe_runner.data.bible import Bible
 from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
-from recipe_runner.model.adapter_card import check_base, check_base_source, read_card
+from recipe_runner.model.adapter_card import CARD, check_base, check_base_source, read_card
 from recipe_runner.model.embedded import resolve_model_path
 
 BASE = "base"  # the model name of the base with no adapter (peft's "__base__")
@@ -115,10 +116,10 @@ class Personas:
             return self.cards[name]["system_prompt"]
         if baseline_of is None:
             return None
-        from recipe_runner.evaluate.checker import bible_prompt
-
         bible = self.cards[baseline_of].get("bible") or {}
-        return bible_prompt(bible) if bible else self.cards[baseline_of]["system_prompt"]
+        if not bible:
+            return self.cards[baseline_of]["system_prompt"]
+        return Bible.from_mapping(bible, f"{self.folders[baseline_of] / CARD}: bible").whole_prompt
 
     def encode(self, name: str, messages: list[dict]) -> torch.Tensor:
         """The conversation through the chat template the persona trained with, ending in the reply's prompt."""
@@ -169,7 +170,7 @@ class Personas:
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        from recipe_runner.evaluate.generation import stop_ids
+        from recipe_runner.data.chat_format import pad_id, stop_ids
 
         try:
             if s.seed is not None:
@@ -183,7 +184,7 @@ class Personas:
                     do_sample=sample, temperature=s.temperature if sample else None, top_p=s.top_p if sample else None,
                     logits_processor=penalty, eos_token_id=stop_ids(self.tokenizer), streamer=streamer,
                     stopping_criteria=StoppingCriteriaList([Stopped()]),
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    pad_token_id=pad_id(self.tokenizer),
                     adapter_names=["__base__" if name == BASE else name])
             new = out[0, ids.shape[1]:]
             stops = set(stop_ids(self.tokenizer))

@@ -1,0 +1,41 @@
+"""The schema's keys for using a trained adapter: `sampling` (chat, serve), `serve`, `export`.
+
+Part of the run's schema (RunConfig in schema.py holds them and re-exports these classes); kept
+apart because they are read only by the stages under use/, never by training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from recipe_runner.config.choices import ExportFormat
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7  # 0 = greedy; chat's and serve's default (a request may set its own)
+    top_p: float = 0.9  # nucleus sampling: the smallest set of tokens holding this probability
+    max_new_tokens: int = 256  # per reply (serve: the default max_tokens of a request)
+    repetition_penalty: float = 1.1  # over the reply's own tokens, never the prompt's (1.0 = off)
+    seed: Optional[int] = None  # fixes the sampling for reproducible replies (null = fresh each time)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # address to bind: this machine only unless you choose otherwise
+    port: int = 8000  # TCP port
+    adapters: Dict[str, str] = field(default_factory=dict)  # model name -> adapter (folder, run folder or last); empty = `adapter`
+    api_key_env: Optional[str] = None  # environment variable holding the key clients must send as Bearer (null = no key)
+    max_body_bytes: int = 65536  # larger request bodies get 413
+    max_tokens: int = 512  # cap on a request's max_tokens
+    max_context_tokens: int = 2048  # prompt + max_tokens; longer requests get 400
+    max_concurrent: int = 1  # generations running at once (each takes a CPU core's worth of work)
+    max_queue: int = 8  # requests waiting for a slot; beyond that, 429
+
+
+@dataclass
+class ExportConfig:
+    format: ExportFormat = ExportFormat.merged  # what to write
+    out: Optional[str] = None  # the folder to write (null = export/<format> beside the adapter's run)
+    gguf_types: List[str] = field(default_factory=lambda: ["f16", "q8_0"])  # gguf: one file per type (f16, q8_0)
