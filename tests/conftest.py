@@ -106,3 +106,18 @@ def tiny_runs(tmp_path_factory, tiny_model, tiny_data) -> dict[str, Path]:
         assert res.returncode == 0, res.stderr[-3000:]
         runs[name] = run_dir
     return runs
+
+
+# Markers (registered in pyproject.toml, --strict-markers): `cli` for tests that run `python run.py`
+# (tests/cli/, tests/e2e/), `slow` for those that train, load a model or start a server. The inner
+# loop is `pytest -m "not slow"`; .ci/run runs everything.
+MODEL_FIXTURES = {"tiny_model", "embedded_path", "tiny_runs"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in ("cli", "e2e"):
+            item.add_marker(pytest.mark.cli)
+        if folder == "e2e" or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -62,7 +62,7 @@ class RunsCode:
 
 @pytest.fixture(scope="module")
 def adapters(tiny_model, tmp_path_factory) -> dict:
-    from recipe_runner.model.adapter_card import weights_sha256
+    from recipe_runner.train.adapter_card import weights_sha256
 
     d = tmp_path_factory.mktemp("trust")
     good = save_adapter(tiny_model, d / "good", str(tiny_model), weights_sha256(str(tiny_model)))
@@ -132,7 +132,7 @@ def test_base_source_rules(adapters, tmp_path):
     """The check itself, on the real cards: named hub id allowed, a local folder and embedded: always,
     a path that is not on this machine refused."""
     from recipe_runner.errors import RecipeError
-    from recipe_runner.model.adapter_card import check_base_source, read_card
+    from recipe_runner.train.adapter_card import check_base_source, read_card
 
     hub_card = read_card(adapters["hub"])
     check_base_source(adapters["hub"], hub_card, HUB_ID)  # named on the command line: allowed
@@ -195,7 +195,7 @@ def test_serving_beyond_loopback_needs_a_key(tmp_path):
 
 
 def test_loopback_hosts():
-    from recipe_runner.config.validate import is_loopback
+    from recipe_runner.validate import is_loopback
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LocalHost"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.20", "10.0.0.1", "example.com", ""))

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, run_cli
-from recipe_runner.config.validate import validate
+from recipe_runner.validate import validate
 from recipe_runner.errors import RecipeErrors
 from recipe_runner.config.schema import register
 from recipe_runner.stages import STAGES

@@ -194,7 +194,7 @@ def test_bad_input_is_one_error_line(exports):
 
 def test_adapter_for_another_base_is_refused(exports):
     from recipe_runner.errors import RecipeError
-    from recipe_runner.model.adapter_card import check_base
+    from recipe_runner.train.adapter_card import check_base
 
     folder = exports["run"] / "adapters" / "best"
     card = card_of(exports["run"])

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from conftest import run_cli, tiny_overrides, write_jsonl
 from recipe_runner.data.cache import DataCache
-from recipe_runner.config.validate import validate
+from recipe_runner.validate import validate
 from recipe_runner.errors import RecipeError, RecipeErrors
 from recipe_runner.data.prepare import prepare_data
 from test_config import compose_recipe

@@ -18,7 +18,7 @@ from recipe_runner.errors import RecipeError
 from recipe_runner.config.schema import Stage
 from recipe_runner.data.manifest import write_data_files
 from recipe_runner.data.prepared import Prepared, load_prepared
-from recipe_runner.model.adapter_card import stamp_checks
+from recipe_runner.train.adapter_card import stamp_checks
 from recipe_runner.report import wandb_log
 from recipe_runner.report.data_report import data_sections, length_histogram, write_report
 from recipe_runner.report.mix_table import mix_table
@@ -85,6 +85,7 @@ def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: s
     from recipe_runner.train.fit import fit
 
     evals = eval_checks(cfg, prepared.tokenizer, prepared.mix, run_dir)
+    evals.on_samples = wandb_log.log_samples  # each epoch's answers as a W&B table
     loggers = [L.pytorch.loggers.CSVLogger(save_dir=run_dir, name="logs", version="")]
     loggers += [lg for lg in [wandb_log.lightning_logger(cfg, run_dir, job)] if lg is not None]
     experiment = wandb_log.experiment_of(loggers) if launch_rank() == 0 else None

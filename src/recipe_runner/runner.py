@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from recipe_runner.config.schema import Stage, drop_null_sources
-from recipe_runner.config.validate import validate
+from recipe_runner.validate import validate
 from recipe_runner.report.summary import write_summary
 from recipe_runner.stages import load, stage_named
 

@@ -1,6 +1,6 @@
 """The stages of a run, one row each: what `stage=NAME` checks, runs, where it writes, what it prints.
 
-runner.py dispatches through this table, config/validate.py runs a stage's checks from it,
+runner.py dispatches through this table, validate.py runs a stage's checks from it,
 config/schema.py names the run folder from it, report/closing.py prints its closing lines from
 it, and `python run.py --help` lists it (the `stage_list` resolver in conf/hydra/default.yaml).
 The `Stage` enum in config/choices.py stays the schema's vocabulary (OmegaConf checks a choice
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-_CHECKS = "recipe_runner.config.validate:"  # every check of today lives there; a new one may live anywhere
+_CHECKS = "recipe_runner.validate:"  # every check of today lives there; a new one may live anywhere
 
 
 @dataclass(frozen=True)

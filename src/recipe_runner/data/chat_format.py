@@ -8,7 +8,7 @@
 Which sources are plain text (cut into windows of tokens, no dialogue) is the source formats'
 registry's to say: `data/corpus.py` `plain_text`, from FORMATS and a table's `columns`.
 
-It imports nothing heavy (no numpy, torch or transformers): config/validate.py reads it
+It imports nothing heavy (no numpy, torch or transformers): validate.py reads it
 before anything loads.
 """
 

@@ -1,14 +1,17 @@
 """The evaluation callback: baseline before training, checks every N epochs, selection score.
 
+The orchestration only, the one evaluation module that imports Lightning: what is measured is
+evaluate/checker.py and evaluate/checks.py, how an epoch is scored, selected and stopped is
+evaluate/selection.py, and every metric's key is evaluate/metrics.py.
+
 Before the first step it scores the prompt-only baseline (base model, whole bible as system
 prompt) and the base model's loss on the held-out general sets. After each validation it
 logs `eval/general_drift` (nats and %), and every `eval.every_n_epochs` runs the generation
-checks (evaluate/checker.py) and logs them as `eval/<check>`, with `baseline/<check>` beside
-them. `eval/combined` = persona_weight x adherence gain over the baseline - forgetting_weight
-x max(general drift as a fraction, 0) ranks the epochs for adapters/best; a later epoch replaces
-the best only when it is better by more than the persona noise (`beats`). An epoch whose drift
-exceeds `eval.max_general_drift_pct` is rejected and stops the run; so does a parroting rate
-that rose `eval.parroting_patience` epochs in a row.
+checks and logs them as `eval/<check>`, with `baseline/<check>` beside them. `eval/combined`
+ranks the epochs for adapters/best; a later epoch replaces the best only when it is better by
+more than the persona noise (`beats`). An epoch whose drift exceeds `eval.max_general_drift_pct`
+is rejected and stops the run; so does a parroting rate that rose `eval.parroting_patience`
+epochs in a row.
 
 Under DDP generation runs on rank 0 and its numbers are broadcast, so every rank takes the
 same stop and selection decisions; the held-out losses are summed over all ranks first. Under
@@ -28,12 +31,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from recipe_runner.evaluate import selection
 from recipe_runner.evaluate.checker import Checker, Reference
 from recipe_runner.evaluate.generation import evaluating
-from recipe_runner.evaluate.intervals import paired_gain
+from recipe_runner.evaluate.metrics import (
+    ADHERENCE, BASELINE, COMBINED, EVAL, GENERAL_DRIFT, GENERAL_DRIFT_PCT, GENERAL_LOSS, PARROT_RATE, REJECTED,
+)
 from recipe_runner.train.module import supervised_loss
 from recipe_runner.console import console
-from recipe_runner.report import wandb_log
 
 
 @contextlib.contextmanager
@@ -60,6 +65,9 @@ class EvalChecks(L.Callback):
         self.seconds = 0.0  # spent in evaluation (baseline + checks), for the cost report
         self.stop_reason: str | None = None
         self.restored = False  # from a checkpoint (train.resume)
+        # (loggers, epoch, samples) -> None: who else hears each epoch's answers (the pipeline hands
+        # them to report/wandb_log.py; the evaluation comes before reporting and imports none of it)
+        self.on_samples = None
 
     STATE = ("baseline", "base_general_loss", "history", "scores", "items", "seconds", "stop_reason")
 
@@ -113,9 +121,9 @@ class EvalChecks(L.Callback):
         self.log_baseline(trainer)
 
     def log_baseline(self, trainer) -> None:
-        metrics = {f"baseline/{k}": v for k, v in self.baseline.items()}
+        metrics = {BASELINE + k: v for k, v in self.baseline.items()}
         if self.base_general_loss is not None:
-            metrics["baseline/general_loss"] = self.base_general_loss
+            metrics[BASELINE + GENERAL_LOSS.key] = self.base_general_loss
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=0)
 
@@ -144,8 +152,8 @@ class EvalChecks(L.Callback):
         row: dict = {"epoch": epoch}
         general = self.epoch_general_loss(pl_module)
         if general is not None and self.base_general_loss:
-            row["general_drift"] = general - self.base_general_loss
-            row["general_drift_pct"] = 100 * row["general_drift"] / self.base_general_loss
+            row[GENERAL_DRIFT.key] = general - self.base_general_loss
+            row[GENERAL_DRIFT_PCT.key] = 100 * row[GENERAL_DRIFT.key] / self.base_general_loss
         last = epoch + 1 >= (trainer.max_epochs or 0)
         if self.cfg.checks and ((epoch + 1) % self.cfg.every_n_epochs == 0 or last):
             started = time.perf_counter()
@@ -155,16 +163,17 @@ class EvalChecks(L.Callback):
                 with precision(trainer):
                     metrics, samples = pl_module.call(self.checker.run, adapter=True, judge=trainer.is_global_zero)
             if trainer.is_global_zero:  # its numbers are sent to the others
-                self.items[epoch] = self.checker.items.get("adherence", [])  # for beats(): rank 0 selects
+                self.items[epoch] = self.checker.items.get(ADHERENCE.name, [])  # for beats(): rank 0 selects
                 self.write_samples(epoch, samples)
-                wandb_log.log_samples(trainer.loggers, epoch, samples)
+                if self.on_samples is not None:
+                    self.on_samples(trainer.loggers, epoch, samples)
             row |= trainer.strategy.broadcast(metrics)
             self.seconds += time.perf_counter() - started
             self.announce(trainer, f"epoch {epoch}", started)
         self.judge_epoch(trainer, row)
         for key, value in row.items():
             if key != "epoch" and value is not None:
-                pl_module.log(f"eval/{key}", float(value), sync_dist=False)
+                pl_module.log(EVAL + key, float(value), sync_dist=False)
         self.history.append(row)
 
     def epoch_general_loss(self, pl_module) -> float | None:
@@ -174,33 +183,27 @@ class EvalChecks(L.Callback):
         return sum(s for s, _ in sums) / count if count else None
 
     def judge_epoch(self, trainer, row: dict) -> None:
-        """Combined score, drift threshold, parroting patience."""
+        """Combined score, drift threshold, parroting patience (evaluate/selection.py)."""
         epoch = row["epoch"]
-        drift = max(row.get("general_drift_pct", 0.0), 0.0) / 100
-        gain = row.get("persona/adherence", 0.0) - self.baseline.get("persona/adherence", 0.0) \
-            if "persona/adherence" in row else None
-        sel = self.cfg.select
-        row["combined"] = None if gain is None else sel.persona_weight * gain - sel.forgetting_weight * drift
-        limit = self.cfg.max_general_drift_pct
-        rejected = limit is not None and row.get("general_drift_pct", 0.0) > limit
-        row["rejected"] = int(rejected)
-        self.scores[epoch] = None if rejected else row["combined"]
+        row[COMBINED.key] = selection.combined(row, self.baseline, self.cfg.select)
+        rejected = selection.drift_rejects(row, self.cfg.max_general_drift_pct)
+        row[REJECTED.key] = int(rejected is not None)
+        self.scores[epoch] = None if rejected else row[COMBINED.key]
         if rejected:
-            self.stop(trainer, f"general drift {row['general_drift_pct']:.1f} % > eval.max_general_drift_pct={limit}")
-        patience = self.cfg.parroting_patience
-        rates = [r["parrot/rate"] for r in self.history + [row] if "parrot/rate" in r]
-        if patience and len(rates) > patience and all(b > a for a, b in zip(rates[-patience - 1:], rates[-patience:])):
-            self.stop(trainer, f"parroting rate rose {patience} epochs in a row ({rates[-patience - 1]:.2f} -> "
-                               f"{rates[-1]:.2f})")
+            self.stop(trainer, rejected)
+        rates = [r[PARROT_RATE.key] for r in self.history + [row] if PARROT_RATE.key in r]
+        parroting = selection.parroting_rose(rates, self.cfg.parroting_patience)
+        if parroting:
+            self.stop(trainer, parroting)
 
     # ------------------------------------------------------------------ selection (train/adapters.py)
 
-    monitor = "eval/combined"
+    monitor = selection.MONITOR
 
     @property
     def selects(self) -> bool:
         """Does the combined score pick adapters/best? Only with checks on and a bible to score against."""
-        return self.cfg.select.metric == "combined" and self.checker.rubric is not None and bool(self.cfg.checks)
+        return selection.selects(self.cfg, self.checker.rubric)
 
     def score(self, trainer) -> float | None:
         return self.scores.get(trainer.current_epoch)
@@ -209,25 +212,8 @@ class EvalChecks(L.Callback):
         return score
 
     def beats(self, epoch: int, best: int | None, score: float | None = None, best_score: float | None = None) -> bool:
-        """Does `epoch` replace the current best? Its combined score must be higher, and by more than
-        the persona noise (persona_weight x half the width of the paired 95 % interval of the
-        adherence change between the two epochs, same prompts: on 12 prompts one answer gaining a
-        marker moves adherence by 0.02, well inside it), unless it clearly beats the prompt-only
-        baseline (gain interval above 0) where the best so far does not."""
-        new, old = self.scores.get(epoch), self.scores.get(best)
-        if new is None:
-            return False
-        if old is None:
-            return True
-        if new <= old:
-            return False
-        change = paired_gain(self.items.get(epoch, []), self.items.get(best, []))
-        noise = self.cfg.select.persona_weight * (change[2] - change[1]) / 2 if change else 0.0
-        return new - old > noise or (self.clearly_beats_baseline(epoch) and not self.clearly_beats_baseline(best))
-
-    def clearly_beats_baseline(self, epoch: int) -> bool:
-        row = next((r for r in self.history if r["epoch"] == epoch), {})
-        return row.get("persona/adherence_gain_lo", 0.0) > 0
+        """Does `epoch` replace the current best? (selection.beats: higher by more than the persona noise)"""
+        return selection.beats(epoch, best, self.scores, self.items, self.history, self.cfg.select.persona_weight)
 
     def stop(self, trainer, reason: str) -> None:
         trainer.should_stop = True
@@ -258,5 +244,5 @@ class EvalChecks(L.Callback):
             writer.writeheader()
             writer.writerows(self.history)
         (self.run_dir / "baseline.json").write_text(json.dumps(
-            {"checks": self.baseline, "general_loss": self.base_general_loss,
+            {"checks": self.baseline, GENERAL_LOSS.key: self.base_general_loss,
              "system_prompt": self.checker.baseline_system}, indent=2, ensure_ascii=False))

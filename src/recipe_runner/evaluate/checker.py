@@ -1,13 +1,17 @@
 """The evaluation checks: did the persona take, and what did it cost.
 
-One `Checker` runs every generation check on one model state and returns flat metrics:
+One `Checker` generates once per model state (answers to held-out persona prompts, replies to
+scripted conversations turn by turn), runs every check of evaluate/checks.py `CHECKS` on what was
+said, and returns flat metrics (their keys: evaluate/metrics.py):
 - persona/*: answers to held-out persona prompts scored against the bible (markers, taboos,
-  sentence limit, language) -> adherence in [0, 1];
+  sentence limit, language) -> adherence in [0, 1]; optionally an LLM judge's score;
 - drift/*: scripted conversations of 8+ user turns, replied to turn by turn; adherence per
   turn index and its slope (the voice must hold at turn 8 as at turn 1);
 - parrot/*: how many answers use n-grams that are frequent in the training answers but not
   in the bible (mined once), and how many copy 12+ consecutive words of training data;
 - forget/*: likelihood of the base model's own answers to everyday prompts, tuned vs base.
+A metric with an interval gets its 95 % bootstrap interval over prompts here (`intervals`), and
+on a tuned model the paired gain over the baseline's answers.
 
 The same checks on the base model (adapter disabled) with the whole bible as system prompt
 (`Bible.whole_prompt`, data/bible.py) are the prompt-only baseline: the fine-tune must beat it to
@@ -25,9 +29,9 @@ from recipe_runner.evaluate.generation import answer_nll, generate
 from recipe_runner.evaluate.intervals import interval, paired_gain
 from recipe_runner.data.bible import Bible
 from recipe_runner.data.readers import read_jsonl
-from recipe_runner.evaluate.judge import judge_scores
-from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate
-from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers, turn_slope
+from recipe_runner.evaluate.checks import CHECKS, Measured, Said, Setup, user
+from recipe_runner.evaluate.metrics import Metric
+from recipe_runner.evaluate.persona_score import PersonaRubric
 
 
 @dataclass
@@ -46,10 +50,6 @@ class EvalSets:
         if ecfg.dialogues:
             sets.dialogues = read_jsonl(ecfg.dialogues, "eval.dialogues", "turns")[: ecfg.max_dialogues]
         return sets
-
-
-def user(prompt: str, system: str | None) -> list[dict]:
-    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
 
 @dataclass
@@ -72,12 +72,10 @@ class Checker:
         self.rubric = PersonaRubric.from_bible(bible) if bible else None
         self.system = system  # the training-time persona prompt: what the tuned model is deployed with
         self.baseline_system = bible.whole_prompt if bible else system
-        exclude = (bible.wording if bible else []) + ([system] if system else [])
-        self.ngrams = mine_ngrams(train_answers, exclude, sizes=tuple(ecfg.parrot_ngrams),
-                                  min_count=ecfg.parrot_min_count, top_k=ecfg.parrot_top_k)
-        self.copies = CopyIndex(train_answers, words=ecfg.copy_span_words)
+        self.checks = [check(Setup(ecfg, tokenizer, self.sets, bible, self.rubric, system, train_answers))
+                       for check in CHECKS]
         self.reference: Reference | None = None
-        self.items: dict[str, list] = {}  # per-prompt persona scores of the last run
+        self.items: dict[str, list] = {}  # per-prompt values of the last run, by metric name ("adherence")
         self.seconds: dict[str, float] = {}  # where the last run's time went (announced per phase)
         self.base_items: dict[str, list] = {}  # ... of the baseline
 
@@ -108,23 +106,19 @@ class Checker:
         self.reference = Reference(answers, float(np.mean(nll)) if nll else float("nan"))
         return self.reference
 
-    def intervals(self, answers: list[str], baseline: bool) -> dict[str, float]:
-        """95 % bootstrap intervals over prompts for adherence and marker rate, and (tuned) the paired
-        gain over the baseline's answers to the same prompts. Keeps the per-prompt scores in
-        `self.items` (the baseline's in `self.base_items`) for epoch-to-epoch comparisons."""
-        scored = [score_answer(a, self.rubric) for a in answers]
-        self.items = {"adherence": [x.adherence for x in scored],
-                      "marker_rate": [None if x.markers is None else float(bool(x.markers)) for x in scored]}
-        if baseline:
-            self.base_items = self.items
+    def intervals(self, items: dict[Metric, list], baseline: bool) -> dict[str, float]:
+        """95 % bootstrap intervals over prompts of a check's per-prompt values, and (tuned) the paired
+        gain over the baseline's values for the same prompts. Keeps the values in `self.items` (the
+        baseline's in `self.base_items`), by metric name, for epoch-to-epoch comparisons."""
         out = {}
-        for key, values in self.items.items():
+        for metric, values in items.items():
+            self.items[metric.name] = values
             ci = interval(values)
             if ci is not None:
-                out[f"persona/{key}_lo"], out[f"persona/{key}_hi"] = ci[1], ci[2]
-            gain = None if baseline or not self.base_items else paired_gain(values, self.base_items[key])
+                out[metric.lo], out[metric.hi] = ci[1], ci[2]
+            gain = None if baseline or not self.base_items else paired_gain(values, self.base_items[metric.name])
             if gain is not None:
-                out[f"persona/{key}_gain"], out[f"persona/{key}_gain_lo"], out[f"persona/{key}_gain_hi"] = gain
+                out[metric.gain], out[metric.gain_lo], out[metric.gain_hi] = gain
         return out
 
     # ------------------------------------------------------------------ the checks
@@ -133,46 +127,37 @@ class Checker:
         """All checks on one model state: (metrics, samples). adapter=False is the baseline.
         judge=False skips the LLM judge (fsdp ranks other than 0: their numbers are not used)."""
         system = self.system if adapter else self.baseline_system
-        metrics: dict[str, float] = {}
-        samples: list[dict] = []
         clock = time.perf_counter()
         persona = self.gen(model, [user(p, system) for p in self.sets.persona], adapter) if self.sets.persona else []
-        if self.rubric and persona:
-            metrics |= {f"persona/{k}": v for k, v in score_answers(persona, self.rubric).items()
-                        if v is not None and k not in ("n", "language_n")}
-            metrics |= self.intervals(persona, baseline=not adapter)
-        if judge and self.cfg.judge.enabled and persona:
-            bible = self.bible.as_dict() if self.bible else {}
-            judged = judge_scores(self.cfg.judge, bible, list(zip(self.sets.persona, persona)))
-            ok = [x for x in judged if x is not None]
-            metrics["persona/judge"] = float(np.mean(ok)) if ok else float("nan")
-            metrics["persona/judge_failed"] = float(len(judged) - len(ok))
-        samples += [{"set": "persona", "prompt": p, "answer": a} for p, a in
-                    zip(self.sets.persona[: self.cfg.samples], persona)]
         self.seconds = {"persona": time.perf_counter() - clock}
         clock = time.perf_counter()
-        dialogue = self.conversations(model, system, adapter) if self.sets.dialogues else []
-        self.seconds["conversations"] = time.perf_counter() - clock
-        if self.rubric and dialogue:
-            per_turn = [[score_answer(a, self.rubric).adherence for a in replies] for replies in dialogue]
-            slope = turn_slope(per_turn)
-            metrics |= {f"drift/{k}": slope[k] for k in ("slope", "first", "last", "held") if slope[k] is not None}
-        said = persona + [a for replies in dialogue for a in replies]
-        if said:
-            parrot = parrot_rate(said, self.ngrams)
-            metrics["parrot/rate"] = parrot["parrot_rate"]
-            metrics["parrot/ngrams_per_answer"] = parrot["mean_ngrams"]
-            metrics["parrot/copy_rate"] = self.copies.copy_rate(said)
+        dialogues = self.conversations(model, system, adapter) if self.sets.dialogues else []
+        self.seconds |= {"conversations": time.perf_counter() - clock, "ordinary": 0.0}
+        said = Said(model, adapter, judge, self.sets.persona, persona, dialogues, self.reference)
+        metrics: dict[str, float] = {}
+        self.items = {}
+        for check in self.checks:
+            clock = time.perf_counter()
+            measured: Measured | None = check.measure(said)
+            if measured is not None:
+                metrics |= measured.values
+                metrics |= self.intervals(measured.items, baseline=not adapter)
+            self.seconds[check.phase] += time.perf_counter() - clock
+        if not adapter and self.items:
+            self.base_items = self.items
         clock = time.perf_counter()
+        samples = self.samples(model, adapter, persona)
+        self.seconds["ordinary"] += time.perf_counter() - clock
+        return metrics, samples
+
+    def samples(self, model, adapter: bool, persona: list[str]) -> list[dict]:
+        """The first eval.samples persona answers, and as many answers to everyday prompts beside
+        the base model's (generated here: the checks score only the base model's answers)."""
+        samples = [{"set": "persona", "prompt": p, "answer": a}
+                   for p, a in zip(self.sets.persona[: self.cfg.samples], persona)]
         if self.sets.ordinary and self.reference is not None:
-            convos = [user(p, None) for p in self.sets.ordinary]
-            nll = float(np.mean(answer_nll(model, self.tok, convos, self.reference.ordinary_answers,
-                                           self.cfg.batch_size, adapter)))
-            metrics["forget/ordinary_nll"] = nll
-            metrics["forget/ordinary_nll_delta"] = nll - self.reference.ordinary_nll
             shown = self.sets.ordinary[: self.cfg.samples]
             answers = self.gen(model, [user(p, None) for p in shown], adapter)
             samples += [{"set": "ordinary", "prompt": p, "answer": a, "base_answer": b}
                         for p, a, b in zip(shown, answers, self.reference.ordinary_answers)]
-        self.seconds["ordinary"] = time.perf_counter() - clock
-        return metrics, samples
+        return samples

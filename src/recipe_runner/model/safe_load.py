@@ -8,7 +8,7 @@ the rule is written once.
 
 peft reads a local adapter folder's `adapter_model.safetensors` when it is there but falls back
 to `adapter_model.bin` whatever it is told, so adapter folders are also checked before anything
-loads (`model/adapter_card.py` `read_card`).
+loads (`train/adapter_card.py` `read_card`).
 """
 
 from __future__ import annotations

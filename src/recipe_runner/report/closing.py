@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recipe_runner.console import console
+from recipe_runner.evaluate.metrics import ADHERENCE, MARKER_RATE
 from recipe_runner.report.run_report import cell, ci_text, fmt, forgetting, persona_claim, side_by_side
 from recipe_runner.stages import load, stage_named
 
@@ -59,13 +60,13 @@ def train_lines(run_dir: Path, s: dict) -> None:
     console.print(f"peak memory    {s['peak_rss_mb']:.0f} MB RSS" +
                   (f", {s['peak_cuda_mb']:.0f} MB CUDA" if s.get("peak_cuda_mb") else ""))
     last, base = s.get("checks_best") or s.get("checks_last") or {}, s.get("baseline") or {}
-    if "persona/adherence" in last and "persona/adherence" in base:
+    if ADHERENCE.key in last and ADHERENCE.key in base:
         console.print(f"persona        epoch {last['epoch']} {persona_claim(last)} the prompt-only baseline: adherence "
-                      f"{ci_text(last, 'persona/adherence')} vs {ci_text(base, 'persona/adherence')}, gain "
-                      f"{ci_text(last, 'persona/adherence_gain', True)} (95 % intervals over prompts)", markup=False)
-    if "persona/marker_rate" in last and "persona/marker_rate" in base:
-        console.print(f"markers        {ci_text(last, 'persona/marker_rate')} of answers vs "
-                      f"{ci_text(base, 'persona/marker_rate')}", markup=False)
+                      f"{ci_text(last, ADHERENCE.key)} vs {ci_text(base, ADHERENCE.key)}, gain "
+                      f"{ci_text(last, ADHERENCE.gain, True)} (95 % intervals over prompts)", markup=False)
+    if MARKER_RATE.key in last and MARKER_RATE.key in base:
+        console.print(f"markers        {ci_text(last, MARKER_RATE.key)} of answers vs "
+                      f"{ci_text(base, MARKER_RATE.key)}", markup=False)
     signals, moved = forgetting(base, last)
     if signals:
         console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'}; measured: {'; '.join(signals)}",

@@ -16,10 +16,19 @@ from rich.table import Table
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.console import console
+from recipe_runner.evaluate.metrics import (
+    ADHERENCE, COPY_RATE, GENERAL_DRIFT_PCT, MARKER_RATE, ORDINARY_NLL_DELTA, PARROT_RATE,
+)
 
-COLUMNS = ["job", "status", "best epoch", "val/loss", "val/loss_niche", "val/loss_general", "persona",
-           "baseline", "gain", "gain lo", "gain hi", "markers", "general drift %", "ordinary nll Δ", "parroting",
-           "copies", "tok/s"]  # gain lo/hi: 95 % bootstrap interval of the adherence gain over prompts
+# the checks' columns: (column, read from the best epoch's checks or the baseline's, key)
+CHECK_COLUMNS = [("persona", "best", ADHERENCE.key), ("baseline", "baseline", ADHERENCE.key),
+                 ("gain", "best", ADHERENCE.gain), ("gain lo", "best", ADHERENCE.gain_lo),
+                 ("gain hi", "best", ADHERENCE.gain_hi),  # gain lo/hi: 95 % bootstrap interval over prompts
+                 ("markers", "best", MARKER_RATE.key), ("general drift %", "best", GENERAL_DRIFT_PCT.key),
+                 ("ordinary nll Δ", "best", ORDINARY_NLL_DELTA.key), ("parroting", "best", PARROT_RATE.key),
+                 ("copies", "best", COPY_RATE.key)]
+COLUMNS = ["job", "status", "best epoch", "val/loss", "val/loss_niche", "val/loss_general",
+           *[column for column, _, _ in CHECK_COLUMNS], "tok/s"]
 
 
 def swept(job: Path) -> dict[str, str]:
@@ -34,14 +43,11 @@ def job_row(job: Path) -> dict:
         reason = (job / "error.txt").read_text().strip().splitlines()[0] if (job / "error.txt").exists() else "no summary"
         return {**row, "status": f"failed: {reason[:80]}"}
     s = json.loads((job / "summary.json").read_text())
-    best, base, val = s.get("checks_best") or {}, s.get("baseline") or {}, s.get("val_loss", {})
+    checks = {"best": s.get("checks_best") or {}, "baseline": s.get("baseline") or {}}
+    val = s.get("val_loss", {})
     return {**row, "status": "ok", "best epoch": s.get("best_epoch"), "val/loss": val.get("val/loss"),
             "val/loss_niche": val.get("val/loss_niche"), "val/loss_general": val.get("val/loss_general"),
-            "persona": best.get("persona/adherence"), "baseline": base.get("persona/adherence"),
-            "gain": best.get("persona/adherence_gain"), "gain lo": best.get("persona/adherence_gain_lo"),
-            "gain hi": best.get("persona/adherence_gain_hi"), "markers": best.get("persona/marker_rate"),
-            "general drift %": best.get("general_drift_pct"), "ordinary nll Δ": best.get("forget/ordinary_nll_delta"),
-            "parroting": best.get("parrot/rate"), "copies": best.get("parrot/copy_rate"),
+            **{column: checks[side].get(key) for column, side, key in CHECK_COLUMNS},
             "tok/s": round(s["tokens_per_second"]) if s.get("tokens_per_second") else None}
 
 

@@ -11,18 +11,14 @@ import csv
 import json
 from pathlib import Path
 
-# check -> (label, higher is better?)
-HEADLINE = {
-    "persona/adherence": ("persona adherence (0-1)", True),
-    "persona/marker_rate": ("answers with a persona marker", True),
-    "persona/taboo_rate": ("answers breaking a taboo", False),
-    "persona/length_compliance": ("answers within the sentence limit", True),
-    "persona/language_rate": ("answers in the persona's language", True),
-    "drift/last": ("adherence at the last scripted turn", True),
-    "drift/slope": ("adherence slope per turn", True),
-    "parrot/rate": ("answers using mined training phrases", False),
-    "parrot/copy_rate": ("answers copying 12+ training words", False),
-}
+from recipe_runner.evaluate.metrics import (
+    ADHERENCE, COMBINED, GENERAL_DRIFT, GENERAL_DRIFT_PCT, HEADLINE, HI, LO, MARKER_RATE, ORDINARY_NLL_DELTA,
+    TABOO_RATE,
+)
+
+# the columns of "Checks per epoch"; the metrics whose meaning its note gives
+EPOCH_TABLE = (GENERAL_DRIFT, GENERAL_DRIFT_PCT, ORDINARY_NLL_DELTA, *HEADLINE, COMBINED)
+EPOCH_NOTES = (GENERAL_DRIFT, ORDINARY_NLL_DELTA)
 
 
 def loss_curves(run_dir: Path) -> Path | None:
@@ -68,12 +64,12 @@ def ci_text(row: dict, key: str, signed: bool = False) -> str:
     if row.get(key) is None:
         return "n/a"
     text = f.format(row[key])
-    return text + (f" [{f.format(row[key + '_lo'])}, {f.format(row[key + '_hi'])}]" if key + "_lo" in row else "")
+    return text + (f" [{f.format(row[key + LO])}, {f.format(row[key + HI])}]" if key + LO in row else "")
 
 
 def persona_claim(tuned: dict) -> str:
     """beats / is indistinguishable from / is worse than the baseline, by the gain's interval."""
-    lo, hi = tuned.get("persona/adherence_gain_lo"), tuned.get("persona/adherence_gain_hi")
+    lo, hi = tuned.get(ADHERENCE.gain_lo), tuned.get(ADHERENCE.gain_hi)
     if lo is None:
         return "was not compared with"
     return "beats" if lo > 0 else "is worse than" if hi < 0 else "is indistinguishable from"
@@ -82,17 +78,17 @@ def persona_claim(tuned: dict) -> str:
 def forgetting(baseline: dict, tuned: dict) -> tuple[list[str], list[str]]:
     """(every forgetting signal the run measured, the ones that moved past their limit)."""
     signals, moved = [], []
-    nll = tuned.get("forget/ordinary_nll_delta")
+    nll = tuned.get(ORDINARY_NLL_DELTA.key)
     if nll is not None:
         signals.append(f"ordinary-prompt NLL {nll:+.3f} nats/token (limit +{NLL_LIMIT})")
         if nll > NLL_LIMIT:
             moved.append(f"ordinary-prompt NLL rose {nll:+.3f} nats/token")
-    drift = tuned.get("general_drift_pct")
+    drift = tuned.get(GENERAL_DRIFT_PCT.key)
     if drift is not None:
         signals.append(f"general held-out loss {drift:+.1f} % (limit +{DRIFT_LIMIT_PCT:g} %)")
         if drift > DRIFT_LIMIT_PCT:
             moved.append(f"general held-out loss rose {drift:+.1f} %")
-    taboo, base_taboo = tuned.get("persona/taboo_rate"), baseline.get("persona/taboo_rate")
+    taboo, base_taboo = tuned.get(TABOO_RATE.key), baseline.get(TABOO_RATE.key)
     if taboo is not None and base_taboo is not None:
         signals.append(f"taboo rate {taboo:.2f} vs baseline {base_taboo:.2f}")
         if taboo > base_taboo:
@@ -102,16 +98,16 @@ def forgetting(baseline: dict, tuned: dict) -> tuple[list[str], list[str]]:
 
 def verdict(baseline: dict, tuned: dict) -> list[str]:
     """The claim with its interval, then every forgetting signal, saying which one moved."""
-    if "persona/adherence" not in tuned or "persona/adherence" not in baseline:
+    if ADHERENCE.key not in tuned or ADHERENCE.key not in baseline:
         return ["No persona check was measured on both sides (set eval.persona_prompts)."]
     claim = persona_claim(tuned)
-    lines = [f"**The fine-tune {claim} the prompt-only baseline**: adherence {ci_text(tuned, 'persona/adherence')} "
-             f"vs {ci_text(baseline, 'persona/adherence')}, gain {ci_text(tuned, 'persona/adherence_gain', True)} "
+    lines = [f"**The fine-tune {claim} the prompt-only baseline**: adherence {ci_text(tuned, ADHERENCE.key)} "
+             f"vs {ci_text(baseline, ADHERENCE.key)}, gain {ci_text(tuned, ADHERENCE.gain, True)} "
              f"(95 % bootstrap intervals over prompts)."]
-    if "persona/marker_rate" in tuned:
-        lines += ["", f"Answers with a persona marker: {ci_text(tuned, 'persona/marker_rate')} vs "
-                      f"{ci_text(baseline, 'persona/marker_rate')}, gain "
-                      f"{ci_text(tuned, 'persona/marker_rate_gain', True)}."]
+    if MARKER_RATE.key in tuned:
+        lines += ["", f"Answers with a persona marker: {ci_text(tuned, MARKER_RATE.key)} vs "
+                      f"{ci_text(baseline, MARKER_RATE.key)}, gain "
+                      f"{ci_text(tuned, MARKER_RATE.gain, True)}."]
     signals, moved = forgetting(baseline, tuned)
     if signals:
         state = "**moved**: " + "; ".join(moved) if moved else "small"
@@ -145,20 +141,18 @@ def training_sections(run_dir: Path, summary: dict, history: list[dict], baselin
     if summary.get("stop_reason"):
         md += [f"Stopped early: {summary['stop_reason']}.", ""]
     if history:
-        keys = [k for k in ["general_drift", "general_drift_pct", "forget/ordinary_nll_delta", *HEADLINE, "combined"]
-                if any(k in r for r in history)]
+        keys = [m.key for m in EPOCH_TABLE if any(m.key in r for r in history)]
         md += ["## Checks per epoch", "", "| epoch | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         md += ["| " + str(r["epoch"]) + " | " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in history]
-        md += ["", "`general_drift`: held-out general loss minus the base model's (nats/token); "
-               "`forget/ordinary_nll_delta`: how much less likely the tuned model finds the base model's own "
-               "answers to everyday prompts (nats/token); `combined` ranks epochs for adapters/best.", ""]
+        md += ["", "; ".join(f"`{m.key}`: {m.meaning}" for m in EPOCH_NOTES)
+               + f"; `{COMBINED.key}` ranks epochs for adapters/best.", ""]
         tuned = next((r for r in history if r["epoch"] == chosen), history[-1])
         md += ["## Fine-tune vs prompt-only baseline", "",
                f"Baseline: the base model with the whole bible as system prompt. Tuned: epoch {tuned['epoch']}.", "",
                "| check | baseline | tuned |", "|---|---|---|"]
-        shown = lambda row, k: ci_text(row, k) if k + "_lo" in row else fmt(row.get(k))  # noqa: E731
-        md += [f"| {label} | {shown(baseline, k)} | {shown(tuned, k)} |" for k, (label, _) in HEADLINE.items()
-               if k in baseline or k in tuned]
+        shown = lambda row, k: ci_text(row, k) if k + LO in row else fmt(row.get(k))  # noqa: E731
+        md += [f"| {m.label} | {shown(baseline, m.key)} | {shown(tuned, m.key)} |" for m in HEADLINE
+               if m.key in baseline or m.key in tuned]
         md += ["", *verdict(baseline, tuned), ""]
         pairs = side_by_side(run_dir, tuned["epoch"])
         if pairs:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import lightning as L
 
-from recipe_runner.model.adapter_card import write_card
+from recipe_runner.train.adapter_card import write_card
 from recipe_runner.train.atomic import atomic_file, copy_folder, partial_of, publish_folder
 from recipe_runner.train.sharding import save_adapter
 
@@ -68,7 +68,7 @@ class AdapterPerEpoch(L.Callback):
     """
 
     def __init__(self, folder: Path, selection: Selection, card: dict | None = None):
-        self.folder, self.selection, self.card = Path(folder), selection, card  # card: model/adapter_card.py
+        self.folder, self.selection, self.card = Path(folder), selection, card  # card: train/adapter_card.py
         self.best_score: float | None = None
         self.best_epoch: int | None = None
 

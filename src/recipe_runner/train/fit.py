@@ -18,7 +18,7 @@ from recipe_runner.config.schema import Role, Strategy
 from recipe_runner.data import chat_format
 from recipe_runner.data.batches import MixDataModule
 from recipe_runner.data.prepared import Prepared
-from recipe_runner.model.adapter_card import run_card
+from recipe_runner.train.adapter_card import run_card
 from recipe_runner.model.qlora import build_model
 from recipe_runner.train.adapters import AdapterPerEpoch, MetricSelection, Selection, write_adapter
 from recipe_runner.train.atomic import AtomicCheckpointIO, copy_folder

@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 
 from recipe_runner.console import console
 from recipe_runner.errors import RecipeError
-from recipe_runner.model.adapter_card import read_card, resolve_adapter
+from recipe_runner.evaluate.metrics import ADHERENCE
+from recipe_runner.train.adapter_card import read_card, resolve_adapter
 from recipe_runner.use.personas import BASE, Personas, Reply, Sampling
 
 COMMANDS = "/reset  /switch <adapter>  /baseline  /help  /quit"
@@ -107,11 +108,11 @@ class Chat:
     def describe(self, full: bool) -> None:
         """Who is speaking: the header at start (full) and after /switch."""
         card, s = self.personas.cards[self.key], self.sampling
-        adherence = (card.get("checks") or {}).get("persona/adherence")
+        adherence = (card.get("checks") or {}).get(ADHERENCE.key)
         rows = [("persona", f"{self.key} ({card.get('persona') or 'unnamed'})"),
                 ("adapter", str(self.personas.folders[self.key])),
                 ("recipe", f"{card.get('recipe')}, epoch {card.get('epoch')}"
-                 + (f", persona/adherence {adherence:.2f}" if isinstance(adherence, (int, float)) else "")),
+                 + (f", {ADHERENCE.key} {adherence:.2f}" if isinstance(adherence, (int, float)) else "")),
                 ("system", shorten(self.personas.system_prompt(self.key)))]
         rows += [("sampling", f"temperature={s.temperature} top_p={s.top_p} max_new_tokens={s.max_new_tokens} "
                               f"repetition_penalty={s.repetition_penalty} seed={s.seed}  (set: sampling.KEY=...)"),

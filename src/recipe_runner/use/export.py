@@ -22,7 +22,7 @@ from recipe_runner.config.schema import ExportFormat
 from recipe_runner.data.chat_format import stop_ids
 from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
-from recipe_runner.model.adapter_card import CARD, check_base, check_base_source, read_card, resolve_adapter
+from recipe_runner.train.adapter_card import CARD, check_base, check_base_source, read_card, resolve_adapter
 from recipe_runner.model.embedded import resolve_model_path
 from recipe_runner.use.export_console import mb, say
 

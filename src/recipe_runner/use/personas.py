@@ -19,7 +19,7 @@ import torch
 from recipe_runner.data.bible import Bible
 from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
-from recipe_runner.model.adapter_card import CARD, check_base, check_base_source, read_card
+from recipe_runner.train.adapter_card import CARD, check_base, check_base_source, read_card
 from recipe_runner.model.embedded import resolve_model_path
 
 BASE = "base"  # the model name of the base with no adapter (peft's "__base__")
@@ -52,7 +52,7 @@ class Personas:
                  named_base: str | None = None):
         """adapters: model name -> adapter folder (already resolved); all must share one base.
         named_base: the model.name_or_path the user set; a hub base not in the local cache is
-        downloaded only when it is exactly that (model/adapter_card.py check_base_source)."""
+        downloaded only when it is exactly that (train/adapter_card.py check_base_source)."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -294,7 +294,7 @@ class Server(uvicorn.Server):
 
 def serve(cfg, run_dir) -> dict:
     """Load the base and the adapters, serve until Ctrl-C or SIGTERM, return the summary."""
-    from recipe_runner.model.adapter_card import read_card, resolve_adapter
+    from recipe_runner.train.adapter_card import read_card, resolve_adapter
     from recipe_runner.use.personas import Personas
 
     v = cfg.serve

@@ -190,7 +190,7 @@ def is_loopback(host: str) -> bool:
 def _use_problems(cfg: DictConfig, stage: str, several: str = "") -> list[str]:
     """chat, serve and export: an adapter to use (or `several`, serve's alternative) and sane
     sampling. The adapter folders themselves are checked when they are resolved
-    (model/adapter_card.py), before loading."""
+    (train/adapter_card.py), before loading."""
     out, s = [], cfg.sampling
     if not cfg.adapter and not (several and cfg.serve.adapters):
         out.append(f"stage={stage} needs adapter=<adapter folder | run folder | last>"
