@@ -199,7 +199,7 @@ def main() -> None:
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
 
-    from recipe_runner.model.adapter_card import read_card, resolve_adapter
+    from recipe_runner.train.adapter_card import read_card, resolve_adapter
     from recipe_runner.model.embedded import resolve_model_path
     from recipe_runner.use.serve import model_name
 

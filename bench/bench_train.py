@@ -344,7 +344,7 @@ def main() -> None:
     if bad := [r for r in runs if r not in RUNS]:
         p.error(f"--only: unknown {bad}; choose from {RUNS}")
 
-    from recipe_runner.config.validate import validate
+    from recipe_runner.validate import validate
 
     cfg = compose_cfg(a.recipe, overrides)
     validate(cfg)  # as the runner does, before anything heavy

@@ -46,7 +46,7 @@ edit by hand; the test suite fails when it is stale.
 
 Every key is validated at composition (an unknown key, a wrong type or a wrong choice fails
 naming the key path), and cross-field checks run before anything loads
-(src/recipe_runner/config/validate.py). Keys marked *user setting* may not be set by a shared
+(src/recipe_runner/validate.py). Keys marked *user setting* may not be set by a shared
 recipe or sweep; they come from the command line or `~/.config/recipe-runner/user.yaml`.
 """
 OWN_TABLE = {"Format": "source-formats"}  # enums with a table of their own

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 ORDINARY = REPO / "data/eval/ordinary_prompts.jsonl"
 PERSONA = REPO / "data/alex/eval_prompts.jsonl"
 DIALOGUES = REPO / "data/alex/eval_dialogues.jsonl"

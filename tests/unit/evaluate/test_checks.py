@@ -19,7 +19,7 @@ from recipe_runner.evaluate.metrics import (
     ADHERENCE, BASELINE, BY_KEY, COPY_RATE, EVAL, METRICS, ORDINARY_NLL_DELTA, Better, Metric,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 SRC = REPO / "src" / "recipe_runner"
 TUNED = "yo, it's always DNS. check the resolver cache before you blame the deploy."  # every rule kept
 BASE = "Hello! As an AI language model, I'd be happy to help you with that question today."  # no marker, taboos

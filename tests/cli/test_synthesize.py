@@ -99,6 +99,7 @@ def test_dialogues_from_a_scripted_generator_are_checked_against_the_bible(refer
 
 
 
+@pytest.mark.slow  # prepares data through the CLI (~7-8 s)
 def test_the_training_stages_read_the_accepted_set_as_it_is(reference, tmp_path):
     _, out, _, _ = reference
     res = run_cli("stage=prepare", f"data.sources.alex.path={out / 'accepted.jsonl'}",
@@ -122,6 +123,7 @@ def run_until_killed(cmd_args: list[str], out: Path, dialogues: int) -> None:
     proc.wait()
 
 
+@pytest.mark.slow  # prepares data through the CLI (~7-8 s)
 def test_a_budget_stop_and_a_kill_lose_and_duplicate_nothing(reference, tmp_path):
     """Also with 2 candidates per persona turn (the scripted answers are equal, so the set is too)."""
     _, ref_out, _, _ = reference

@@ -105,6 +105,7 @@ def test_cross_field_errors_stop_the_cli_before_loading(tmp_path):
     assert list(Path(tmp_path).rglob("error.txt")), "the error is kept in the run folder"
 
 
+@pytest.mark.slow  # prepares data through the CLI (~7-8 s)
 def test_a_recipe_built_on_another_can_drop_an_inherited_source(tmp_path):
     mine = tmp_path / "mine.yaml"
     mine.write_text("# @package _global_\ndefaults:\n  - alex_persona_cpu\n  - _self_\nname: mine\n"

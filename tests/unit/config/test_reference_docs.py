@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO  # noqa: E402
 SCRIPT = REPO / "scripts" / "gen_reference.py"
 SCHEMA = REPO / "src" / "recipe_runner" / "config" / "schema.py"
 

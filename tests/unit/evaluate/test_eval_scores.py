@@ -18,7 +18,9 @@ from recipe_runner.evaluate.persona_score import (
 )
 from recipe_runner.data.bible import Bible, load_bible
 
-BIBLE = Path(__file__).resolve().parents[1] / "data" / "alex" / "bible.yaml"
+from conftest import REPO  # noqa: E402
+
+BIBLE = REPO / "data" / "alex" / "bible.yaml"
 
 
 @pytest.fixture(scope="module")
