@@ -2,8 +2,8 @@
 
 import contextlib
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from local_server import serving
 
 
 @contextlib.contextmanager
@@ -42,9 +42,5 @@ def judge_endpoint(redirect_to: str | None = None, redirect_code: int = 302):
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Grader)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    finally:
-        server.shutdown()
+    with serving(HTTPServer(("127.0.0.1", 0), Grader)) as url:
+        yield url, seen

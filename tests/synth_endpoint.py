@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from local_server import serving
 
 WORDS = ("cache pager deploy rollback cluster latency budget ticket sprint review legacy monolith queue broker "
          "index schema replica backup cron alert runbook outage vendor license laptop printer router firewall "
@@ -120,9 +121,5 @@ def synth_endpoint(fail_first: tuple[int, ...] = (), delay: float = 0.0):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Generator)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    finally:
-        server.shutdown()
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Generator)) as url:
+        yield url, seen

@@ -16,6 +16,7 @@ import pytest
 from recipe_runner.synthesize.budget import Budget
 from recipe_runner.synthesize.endpoint import EndpointGenerator, reservation
 from recipe_runner.synthesize.requests import BudgetExhausted, GeneratorUnavailable, Request
+from local_server import serving
 
 KEY = "sk-test-5ecret"
 USAGE = (10, 5)  # prompt and completion tokens of every default answer
@@ -85,13 +86,8 @@ def scripted_endpoint(*canned: Canned, delay: float = 0.0):
         def handle_error(self, request, client_address):
             pass  # a client that timed out closed the socket before the delayed answer
 
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", script
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Server(("127.0.0.1", 0), Handler)) as url:
+        yield url, script
 
 
 def generator(url: str, budget: Budget | None = None, **kwargs) -> EndpointGenerator:
