@@ -116,7 +116,7 @@ MODEL_FIXTURES = {"tiny_model", "embedded_path", "tiny_runs"}
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        folder = Path(str(item.fspath)).parent.name
+        folder = Path(item.path).parent.name
         if folder in ("cli", "e2e"):
             item.add_marker(pytest.mark.cli)
         if folder == "e2e" or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
