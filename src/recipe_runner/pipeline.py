@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.config.schema import Stage
+from recipe_runner.console import console
 from recipe_runner.data.manifest import write_data_files
 from recipe_runner.data.prepared import Prepared, load_prepared
 from recipe_runner.train.adapter_card import stamp_checks
@@ -58,9 +59,12 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     prepared = load_prepared(cfg)
     if launch_rank() == 0:  # files shared by all ranks are written once
         mix_table(prepared.mix, run_dir)
+        for name, d in prepared.diversity.items():  # before any training: a set that says one line
+            if d.warning:
+                console.print(f"[bold yellow]warning[/]        niche source {name}: {d.warning}", highlight=False)
         write_data_files(run_dir, prepared.mix, prepared.manifest)
         length_histogram(prepared.mix, cfg.data.max_length, run_dir / "lengths.png")
-        write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest))
+        write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest, prepared.diversity))
     return prepared
 
 
@@ -72,6 +76,7 @@ def prepare_summary(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dic
     summary = {"stage": Stage.prepare.value, "recipe": cfg.name, "run_dir": str(run_dir),
                "manifest_sha256": prepared.manifest["manifest_sha256"],
                "train_mix_sha256": prepared.manifest["train_mix_sha256"],
+               "niche_diversity": prepared.summary()["niche_diversity"],
                "general_to_niche_ratio": prepared.mix.ratio, "wall_seconds": time.time() - started}
     write_summary(run_dir, summary)
     return summary
@@ -105,7 +110,7 @@ def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: s
         write_summary(run_dir, summary)
         evals.write_outputs()
         stamp_checks(run_dir / "adapters", evals.history, trained.adapters.best_epoch)
-        write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest),
+        write_report(run_dir, data_sections(prepared.mix, cfg.name, prepared.manifest, prepared.diversity),
                      training_sections(run_dir, summary, evals.history, evals.baseline))
         wandb_log.log_summary(experiment, summary)
     if trained.stopped:

@@ -4,10 +4,12 @@ and its manifest)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from omegaconf import DictConfig
 
 from recipe_runner.config.schema import Precision
+from recipe_runner.data.diversity import Diversity, niche_diversity
 from recipe_runner.data.manifest import build_manifest
 from recipe_runner.data.mixing import Mix
 from recipe_runner.data.prepare import prepare_data
@@ -23,11 +25,17 @@ class Prepared:
     manifest: dict
     precision: str  # resolved Lightning precision (auto -> bf16-mixed / 16-mixed / 32-true)
 
+    @cached_property
+    def diversity(self) -> dict[str, Diversity]:
+        """Each niche source's answers: varied enough not to teach one line? (data/diversity.py)"""
+        return niche_diversity(self.mix)
+
     def summary(self) -> dict:
         """Its section of summary.json."""
         return {"manifest_sha256": self.manifest["manifest_sha256"],
                 "mix": {r.source: {"train_tokens": r.train_tokens, "share": r.share} for r in self.mix.rows},
-                "general_to_niche_ratio": self.mix.ratio}
+                "general_to_niche_ratio": self.mix.ratio,
+                "niche_diversity": {name: d.as_dict() for name, d in self.diversity.items()}}
 
 
 def load_prepared(cfg: DictConfig) -> Prepared:

@@ -37,8 +37,22 @@ def percentiles(lengths: np.ndarray) -> list[str]:
     return [f"{int(v):,}" for v in p]
 
 
-def data_sections(m: Mix, recipe: str, manifest: dict) -> list[str]:
-    """report.md's data part: the mix, the cleaning counts, token lengths (lengths.png beside it)."""
+def diversity_section(diversity: dict) -> list[str]:
+    """Each niche source's variety (data/diversity.py), with its warning when it may teach one line."""
+    if not diversity:
+        return []
+    md = ["## Niche diversity (assistant turns of the training pool)", "",
+          "| source | answers | distinct 2-grams | largest near-duplicate group | same opening | most common opening |",
+          "|---|---|---|---|---|---|"]
+    md += [f"| {n} | {d.answers:,} | {d.distinct_2:.2f} | {d.largest_cluster:.0%} | {d.same_opening:.0%} | {d.opening} |"
+           for n, d in diversity.items()]
+    md += [""] + [f"**Warning: niche source {n}: {d.warning}.**" for n, d in diversity.items() if d.warning]
+    return md + [""]
+
+
+def data_sections(m: Mix, recipe: str, manifest: dict, diversity: dict | None = None) -> list[str]:
+    """report.md's data part: the mix, the cleaning counts, the niche sets' variety, token lengths
+    (lengths.png beside it)."""
     filters = filters_of(m)
     md = [f"# Data report: {recipe}", "",
           f"general:niche = **{m.ratio:.3f}:1** in tokens (epoch 0); manifest `{manifest['manifest_sha256'][:16]}`", "",
@@ -48,7 +62,7 @@ def data_sections(m: Mix, recipe: str, manifest: dict) -> list[str]:
            "| source | " + " | ".join(filters) + " |", "|---|" + "---|" * len(filters)]
     md += ["| " + r.source + " | " + " | ".join(f"{r.cleaned.get(f, 0):,}" for f in filters) + " |" for r in m.rows]
     md += ["", "A few dropped examples per filter are in `dropped/<source>.<filter>.jsonl`.", "",
-           "## Lengths (tokens, after cleaning)", "", "| source | min | median | p95 | max |", "|---|---|---|---|---|"]
+           *diversity_section(diversity or {}), "## Lengths (tokens, after cleaning)", "", "| source | min | median | p95 | max |", "|---|---|---|---|---|"]
     md += [f"| {n} | " + " | ".join(percentiles(v)) + " |" for n, v in m.lengths.items()]
     md += ["", "![token lengths per source](lengths.png)", "",
            "Held-out sets: `heldout/<source>.jsonl`. Manifest: `manifest.json`.", ""]
