@@ -76,7 +76,7 @@ def prepare_summary(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dic
     summary = {"stage": Stage.prepare.value, "recipe": cfg.name, "run_dir": str(run_dir),
                "manifest_sha256": prepared.manifest["manifest_sha256"],
                "train_mix_sha256": prepared.manifest["train_mix_sha256"],
-               "niche_diversity": prepared.summary()["niche_diversity"],
+               "niche_diversity": {name: d.as_dict() for name, d in prepared.diversity.items()},
                "general_to_niche_ratio": prepared.mix.ratio, "wall_seconds": time.time() - started}
     write_summary(run_dir, summary)
     return summary

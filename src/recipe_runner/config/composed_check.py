@@ -28,8 +28,8 @@ from omegaconf import OmegaConf
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.config.interpolations import references, resolver_problem
-from recipe_runner.config.recipe_scan import USER_RULE, plain_name, swept_key_problem, written_path_problem, \
-    WRITTEN_PATHS
+from recipe_runner.config.recipe_scan import USER_RULE, WRITTEN_PATHS, plain_name, swept_key_problem, \
+    swept_recipe_files, sweep_values, written_path_problem
 from recipe_runner.config.shared_paths import allowed_roots, is_read_path_key, read_path_problem
 from recipe_runner.config.user_settings import USER_SETTINGS, user_setting
 
@@ -248,8 +248,6 @@ class ComposedCheck:
             key = ".".join(path)
             if path[:3] in ASSIGNED:
                 continue
-            if path == TASK and [o for o in full[path] if o not in self.dropped] == without.get(path):
-                continue  # only the overrides `without` could not take
             if path == SWEPT:
                 continue  # the empty mapping of the file without params
             if path[:3] != SWEPT or len(path) != 4:
@@ -264,11 +262,10 @@ class ComposedCheck:
                     self.refuse(source, key, problem)
             values = sweep_values(swept, str(value))
             if swept.lstrip("+~") == "recipe":
-                recipes = source.parents[2] / "recipes"
-                for name in ([p.stem for p in sorted(recipes.glob("*.yaml"))] if values == ["*"] else values):
-                    if not plain_name(name) or not (source.parents[2] / "recipes" / f"{name}.yaml").is_file():
-                        self.refuse(source, key, f"sweeps over `{name}`: not a recipe in recipes/")
-                    swept_recipes[name] = source.parents[2] / "recipes" / f"{name}.yaml"
+                try:
+                    swept_recipes.update({p.stem: p for p in swept_recipe_files(source.parents[2] / "recipes", values)})
+                except ValueError as exc:
+                    self.refuse(source, key, str(exc))
             if is_read_path_key(swept.lstrip("+~")):
                 roots = allowed_roots([], list(with_sweep.get(("paths", "data_roots")) or []), self.project_data)
                 for v in values:
@@ -281,23 +278,6 @@ class ComposedCheck:
 def composition_error(exc: Exception) -> str:
     lines = [str(e).strip() for e in (exc, exc.__cause__) if e is not None and str(e).strip()]
     return " ".join(" ".join(lines).split()) or type(exc).__name__
-
-
-def sweep_values(key: str, value: str) -> list[str]:
-    """The values Hydra's sweep syntax `value` stands for (a,b | choice(...) | range(...) | glob(...))."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        override = OverridesParser.create().parse_override(f"{key}={value}")
-    except Exception:
-        return [value]
-    from hydra.core.override_parser.types import ValueType
-
-    if not override.is_sweep_override():
-        return [str(override.value())]
-    if override.value_type is ValueType.GLOB_CHOICE_SWEEP or not override.is_discrete_sweep():
-        return ["*"]  # a glob over a group's options, an interval: no file names to check
-    return [str(v) for v in override.sweep_string_iterator()]
 
 
 def check_composed(conf: Path, staged: Path | None, argv: list[str], shared: SharedFiles, project_data: Path) -> None:

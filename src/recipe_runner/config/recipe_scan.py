@@ -144,15 +144,10 @@ class SharedFileScan:
                 self.scan(p, "recipe")
 
     def swept_recipes(self, key: yaml.Node, text: str) -> list[Path]:
-        """a,b | choice(a,b) | glob(*): every recipe it may pick, each a plain name in recipes/."""
-        if "glob(" in text:
-            return sorted(self.recipes.glob("*.yaml"))
-        names = [n.strip() for n in re.sub(r"^\s*choice\((.*)\)\s*$", r"\1", text).split(",")]
-        for name in names:
-            if not plain_name(name) or not (self.recipes / f"{name}.yaml").is_file():
-                self.refuse(key, "recipe", f"sweeps over `{name}`: not a recipe in {self.recipes} (a sweep file "
-                                           f"names recipes by their plain names)")
-        return [self.recipes / f"{n}.yaml" for n in names]
+        try:
+            return swept_recipe_files(self.recipes, sweep_values("recipe", text))
+        except ValueError as exc:
+            self.refuse(key, "recipe", str(exc))
 
     def check_written_path(self, node: yaml.Node, dotted: str) -> None:
         """A folder the run writes into stays under the working directory when a shared file names it."""
@@ -218,6 +213,35 @@ def swept_key_problem(swept: str) -> str | None:
     if "/" in bare and bare not in ("model", "logger"):
         return "is not allowed: a sweep file chooses in no config group but recipe, model and logger"
     return None
+
+
+def sweep_values(key: str, value: str) -> list[str]:
+    """The values Hydra's sweep syntax `value` stands for (a,b | choice(...) | range(...) | glob(...))."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={value}")
+    except Exception:
+        return [value]
+    from hydra.core.override_parser.types import ValueType
+
+    if not override.is_sweep_override():
+        return [str(override.value())]
+    if override.value_type is ValueType.GLOB_CHOICE_SWEEP or not override.is_discrete_sweep():
+        return ["*"]  # a glob over a group's options, an interval: no file names to check
+    return [str(v) for v in override.sweep_string_iterator()]
+
+
+def swept_recipe_files(recipes: Path, values: list[str]) -> list[Path]:
+    """The recipe files a swept `recipe` may pick (values from sweep_values; ["*"]: a glob, any);
+    each a plain name in recipes/, else ValueError naming it."""
+    if values == ["*"]:
+        return sorted(recipes.glob("*.yaml"))
+    for name in values:
+        if not plain_name(name) or not (recipes / f"{name}.yaml").is_file():
+            raise ValueError(f"sweeps over `{name}`: not a recipe in {recipes} (a sweep file names recipes by "
+                             f"their plain names)")
+    return [recipes / f"{name}.yaml" for name in values]
 
 
 def written_path_problem(text: str) -> str | None:

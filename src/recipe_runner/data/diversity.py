@@ -5,10 +5,10 @@ Quillwork Labs.") trains a model that answers "Hi, how are you?" with it. Three 
 assistant turns of each niche source's training pool:
 - `distinct_2`: distinct word 2-grams / all word 2-grams (1.0: no pair of words repeats);
 - `largest_cluster`: the share of answers in the largest group of near-duplicates (word 3-gram
-  Jaccard >= 0.7 between members, the cleaning filter's threshold, linked transitively);
+  Jaccard >= 0.7, estimated by the cleaning filter's MinHash LSH, linked transitively);
 - `same_opening`: the share of answers that open with the most common first three words.
 Measured on the shipped sets and on a templated identity set (tests/unit/data/test_diversity.py):
-Alex (453 answers) 0.79 / 0.00 / 0.01, Eleanor (286) 0.69 / 0.00 / 0.05, a 90-row identity set
+Alex (453 answers) 0.79 / 0.002 / 0.01, Eleanor (286) 0.69 / 0.003 / 0.05, a 90-row identity set
 ("I am Zephyr, an AI assistant developed by Quillwork Labs.", a fifth with a follow-up question)
 0.02 / 0.80 / 1.00.
 A source is flagged when its largest cluster holds >= 25 % of its answers or >= 50 % open alike.
@@ -16,17 +16,16 @@ A source is flagged when its largest cluster holds >= 25 % of its answers or >= 
 
 from __future__ import annotations
 
-import random
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 from recipe_runner.config.schema import Role
+from recipe_runner.data.dedup import band_keys
 
 NEAR_DUP = 0.7  # word 3-gram Jaccard at which two answers count as one (data.clean's default)
 MAX_CLUSTER = 0.25  # flagged at or above this share in one near-duplicate group
 MAX_SAME_OPENING = 0.5  # flagged at or above this share opening with the same three words
-SAMPLE = 2000  # answers compared pairwise (seeded sample beyond this: 2M pairs, ~2 s)
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -57,15 +56,13 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-def shingles(text: str) -> frozenset:
-    w = words(text)
-    return frozenset(zip(w, w[1:], w[2:])) if len(w) >= 3 else frozenset([tuple(w)])
-
-
 def largest_cluster(answers: list[str]) -> float:
-    """The share of answers in the largest group linked by near-duplicate pairs (union-find)."""
-    sets = [shingles(a) for a in answers]
-    parent = list(range(len(sets)))
+    """The share of answers in the largest group linked by near-duplicate pairs: the cleaning
+    filter's own MinHash LSH (data/dedup.py band_keys: a shared band key links two answers)."""
+    if not answers:
+        return 0.0
+    keys = band_keys([{"messages": [{"content": a}], "text": ""} for a in answers], NEAR_DUP)
+    parent = list(range(len(answers)))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -73,19 +70,15 @@ def largest_cluster(answers: list[str]) -> float:
             i = parent[i]
         return i
 
-    for i in range(len(sets)):
-        for j in range(i + 1, len(sets)):
-            union = len(sets[i] | sets[j])
-            if union and len(sets[i] & sets[j]) / union >= NEAR_DUP:
-                parent[root(i)] = root(j)
-    sizes = Counter(root(i) for i in range(len(sets)))
-    return max(sizes.values()) / len(sets) if sets else 0.0
+    for column in keys.T:  # one band: answers with the same key are candidates of one group
+        first: dict[int, int] = {}
+        for i, key in enumerate(column.tolist()):
+            parent[root(i)] = root(first.setdefault(key, i))
+    return max(Counter(root(i) for i in range(len(answers))).values()) / len(answers)
 
 
-def diversity(answers: list[str], seed: int = 0) -> Diversity:
+def diversity(answers: list[str]) -> Diversity:
     answers = [a for a in answers if a.strip()]
-    if len(answers) > SAMPLE:
-        answers = random.Random(seed).sample(answers, SAMPLE)
     pairs = [p for a in answers for w in [words(a)] for p in zip(w, w[1:])]
     openings = Counter(" ".join(words(a)[:3]) for a in answers)
     opening, count = openings.most_common(1)[0] if openings else ("", 0)
@@ -100,5 +93,5 @@ def niche_diversity(mix) -> dict[str, Diversity]:
     for name, plan in mix.plans.items():
         if mix.sources[name].role is Role.niche:
             out[name] = diversity([m["content"] for msgs in plan.pool["messages"] for m in msgs
-                                   if m["role"] == "assistant"], seed=mix.seed)
+                                   if m["role"] == "assistant"])
     return out
