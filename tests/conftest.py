@@ -42,6 +42,25 @@ def tiny_model(tmp_path_factory, embedded_path) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), embedded_path)
 
 
+def compose_recipe(name: str, *overrides: str):
+    """recipes/NAME.yaml composed in-process, as Hydra composes it for `python run.py recipe=NAME`."""
+    from hydra import compose, initialize_config_dir
+
+    from recipe_runner.config.schema import register
+
+    register()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        return compose("config", overrides=[f"recipe={name}", *overrides])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -4,22 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
+from conftest import REPO, compose_recipe, run_cli
 from recipe_runner.validate import validate
 from recipe_runner.errors import RecipeErrors
-from recipe_runner.config.schema import register
 from recipe_runner.stages import STAGES
 
 RECIPES = sorted(p.stem for p in (REPO / "recipes").glob("*.yaml"))
-
-
-def compose_recipe(name: str, *overrides: str):
-    register()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        return compose("config", overrides=[f"recipe={name}", *overrides])
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -13,7 +13,7 @@ from recipe_runner.data.cache import DataCache
 from recipe_runner.validate import validate
 from recipe_runner.errors import RecipeError, RecipeErrors
 from recipe_runner.data.prepare import prepare_data
-from test_config import compose_recipe
+from conftest import compose_recipe
 from wandb_records import history_keys, records
 
 

@@ -22,17 +22,11 @@ import httpx
 import openai
 import pytest
 
-from conftest import NO_USER_SETTINGS, REPO, run_cli
+from conftest import NO_USER_SETTINGS, REPO, free_port, run_cli
 
 KEY = "serve-test-key-7f3a"
 LIMITS = {"max_tokens": 128, "max_context_tokens": 512, "max_body_bytes": 16384}
 HELLO = [{"role": "user", "content": "What do you think about Kubernetes?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 from conftest import NO_USER_SETTINGS, REPO, run_cli
 from judge_endpoint import judge_endpoint
 from synth_endpoint import synth_endpoint
-from test_serve import free_port
+from conftest import free_port
 
 KEY = "synth-test-key-41c9"
 TOPICS = ["pods", "leaky topic", "broken topic", "silent topic", "echo topic", "twin topic", "copy topic", "deploys"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import REPO  # noqa: E402
 SCRIPT = REPO / "scripts" / "gen_reference.py"

@@ -99,7 +99,7 @@ def test_on_bad_line_skip_counts_instead_of_failing(tmp_path, tok):
 
 def test_skipped_lines_show_in_the_mix_table(tmp_path, tiny_data, embedded_path):
     from recipe_runner.data.prepare import prepare_data
-    from test_config import compose_recipe
+    from conftest import compose_recipe
 
     lines = tiny_data["niche"].read_text().splitlines()
     noisy = tmp_path / "noisy.jsonl"
@@ -155,7 +155,7 @@ def test_near_duplicates_are_dropped_but_different_texts_kept():
 
 def test_demo_data_passes_cleaning_untouched(embedded_path):
     from recipe_runner.data.prepare import prepare_data
-    from test_config import compose_recipe
+    from conftest import compose_recipe
 
     mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0"),
                        AutoTokenizer.from_pretrained(embedded_path))
@@ -164,7 +164,7 @@ def test_demo_data_passes_cleaning_untouched(embedded_path):
 
 def test_second_persona_data_loads_from_sharegpt_and_alpaca_and_passes_cleaning(embedded_path):
     from recipe_runner.data.prepare import prepare_data
-    from test_config import compose_recipe
+    from conftest import compose_recipe
 
     mix = prepare_data(compose_recipe("eleanor_diarist", "data.mix.general_ratio=0"),
                        AutoTokenizer.from_pretrained(embedded_path))
@@ -203,7 +203,7 @@ def test_stage_prepare_writes_data_only_and_is_deterministic(tmp_path, tiny_mode
 
 def test_training_copies_of_held_out_examples_are_removed(tmp_path, tiny_data, embedded_path):
     from recipe_runner.data.prepare import prepare_data
-    from test_config import compose_recipe
+    from conftest import compose_recipe
 
     leaky = tmp_path / "leaky_general.jsonl"  # the general corpus also holds every niche dialogue
     leaky.write_text(tiny_data["general"].read_text() + tiny_data["niche"].read_text())

@@ -13,7 +13,7 @@ from recipe_runner.data.prepare import prepare_data
 from recipe_runner.config.schema import SourceConfig, TemplateConfig, SystemPrompt
 from recipe_runner.data.chat_format import end_of_turn_id
 from recipe_runner.data.templates import IGNORE, Encoder, preflight
-from test_config import compose_recipe
+from conftest import compose_recipe
 
 
 @pytest.fixture(scope="module")

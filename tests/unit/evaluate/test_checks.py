@@ -4,7 +4,6 @@ Checker.run on canned answers, no model. The end-to-end run on a tiny model is t
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
