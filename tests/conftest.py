@@ -96,6 +96,7 @@ def tiny_overrides(tiny_model: Path, tiny_data: dict, out: Path, *extra: str) ->
         f"data.sources.alex.path={tiny_data['niche']}",
         "data.sources.alex.max_examples=null",
         f"data.sources.general.path={tiny_data['general']}",
+        "data.sources.general.answers=source",  # the tests' general rows stay as written (tests/cli/test_self_distill.py regenerates)
         "data.mix.general_ratio=2",
         "data.max_length=256",
         "train.batch_size=2",

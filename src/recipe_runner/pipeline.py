@@ -21,7 +21,7 @@ from recipe_runner.data.manifest import write_data_files
 from recipe_runner.data.prepared import Prepared, load_prepared
 from recipe_runner.train.adapter_card import stamp_checks
 from recipe_runner.report import wandb_log
-from recipe_runner.report.data_report import data_sections, length_histogram, write_report
+from recipe_runner.report.data_report import data_sections, distilled_line, length_histogram, write_report
 from recipe_runner.report.mix_table import mix_table
 from recipe_runner.report.run_report import training_sections
 from recipe_runner.report.summary import write_summary
@@ -59,6 +59,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> Prepared:
     prepared = load_prepared(cfg)
     if launch_rank() == 0:  # files shared by all ranks are written once
         mix_table(prepared.mix, run_dir)
+        for name, t in prepared.mix.distilled.items():  # general data in the base's own words
+            console.print(f"rewrite        {name}: {distilled_line(t)}", highlight=False)
         for name, d in prepared.diversity.items():  # before any training: a set that says one line
             if d.warning:
                 console.print(f"[bold yellow]warning[/]        niche source {name}: {d.warning}", highlight=False)
@@ -76,7 +78,8 @@ def prepare_summary(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dic
     summary = {"stage": Stage.prepare.value, "recipe": cfg.name, "run_dir": str(run_dir),
                "manifest_sha256": prepared.manifest["manifest_sha256"],
                "train_mix_sha256": prepared.manifest["train_mix_sha256"],
-               "niche_diversity": {name: d.as_dict() for name, d in prepared.diversity.items()},
+               **{k: v for k, v in prepared.summary().items() if k in ("niche_diversity", "general_answers",
+                                                                        "self_distilled")},
                "general_to_niche_ratio": prepared.mix.ratio, "wall_seconds": time.time() - started}
     write_summary(run_dir, summary)
     return summary

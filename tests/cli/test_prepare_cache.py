@@ -25,6 +25,7 @@ def tok(embedded_path):
 def cfg_for(tiny_data, cache, *extra):
     return compose_recipe("alex_persona", f"data.sources.alex.path={tiny_data['niche']}",
                           f"data.sources.general.path={tiny_data['general']}", "data.mix.general_ratio=2",
+                          "data.sources.general.answers=source",
                           f"paths.cache_dir={cache}", *extra)
 
 

@@ -35,6 +35,11 @@ class Role(str, Enum):
     general = "general"  # ordinary data mixed in so the model does not forget
 
 
+class Answers(str, Enum):
+    source = "source"  # train on the answers the source file holds
+    base = "base"  # general: regenerate the answers with the base model (self-distillation, cached)
+
+
 class SystemPrompt(str, Enum):
     persona = "persona"  # the persona bible rendered through template.persona.system_prompt
     keep = "keep"  # whatever the data carries (or the chat template's own default)

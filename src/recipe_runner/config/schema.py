@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from recipe_runner.config.choices import (  # noqa: F401 - re-exported: the schema's vocabulary
-    BadLine, DialogueMode, ExportFormat, Format, Loss, MixUnit, Precision, Quant, Role, Stage, Strategy, SystemPrompt, TrainOn, WandbMode,
+    Answers, BadLine, DialogueMode, ExportFormat, Format, Loss, MixUnit, Precision, Quant, Role, Stage, Strategy, SystemPrompt, TrainOn, WandbMode,
 )
 from recipe_runner.config.schema_synth import (  # noqa: F401 - re-exported: schema.X keeps naming every group
     SynthCheckConfig, SynthConfig, SynthGeneratorConfig, SynthPromptsConfig, SynthSituationsConfig,
@@ -42,6 +42,7 @@ class SourceConfig:
     format: Format = Format.chat_jsonl  # how the file is laid out
     role: Role = Role.niche  # niche (the voice) or general (anti-forgetting mix)
     system: SystemPrompt = SystemPrompt.keep  # the system prompt each example trains with
+    answers: Answers = Answers.source  # general: base = keep the prompts, train on the base model's own answers (data.rewrite)
     max_examples: Optional[int] = None  # take only the first N examples (CPU-sized cuts)
     chunk_tokens: int = 256  # text format: tokens per chunk
     chunk_overlap: int = 32  # text format: tokens shared by neighbouring chunks
@@ -85,10 +86,19 @@ class MixConfig:
 
 
 @dataclass
+class RewriteConfig:
+    max_new_tokens: int = 160  # per regenerated answer; one cut off is trimmed to its last whole sentence
+    temperature: float = 0.0  # 0 = greedy (the base's most likely answer); > 0 samples, seeded by data.mix.seed
+    repetition_penalty: float = 1.0  # > 1 penalises the answer's own repeats (1.0 = the base as it is)
+    batch_size: int = 32  # prompts generated together (sorted by length: little padding)
+
+
+@dataclass
 class DataConfig:
     sources: Dict[str, Optional[SourceConfig]] = field(default_factory=dict)  # name -> source (null drops an inherited one)
     mix: MixConfig = field(default_factory=MixConfig)  # niche:general mixing
     clean: CleanConfig = field(default_factory=CleanConfig)  # filters, applied per source
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)  # how sources with answers=base are regenerated
     placeholders: Dict[str, str] = field(default_factory=dict)  # {{key}} in any turn or text -> value
     val_fraction: float = 0.2  # held out per source, before mixing
     max_val_examples: Optional[int] = 500  # cap per source on held-out examples (a 1M corpus needs no 200k)
@@ -156,11 +166,14 @@ class TrainConfig:
 
 @dataclass
 class JudgeConfig:
-    enabled: bool = False  # score in-character 0-10 with an LLM judge (OpenAI-compatible endpoint)
+    enabled: bool = False  # judge in-character with an LLM on an OpenAI-compatible endpoint (docs/judge.md)
     base_url: str = "http://localhost:8000/v1"  # endpoint root; /chat/completions is appended
     model: str = "gpt-4o-mini"  # model name the endpoint expects
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (never the key itself)
-    max_answers: int = 8  # answers judged per epoch (cost budget)
+    max_calls: int = 120  # judge calls per evaluation, pairwise first, consistency the rest (cost budget)
+    pairwise: bool = True  # tuned vs baseline answer per persona prompt, asked in both orders (2 calls each)
+    consistency: bool = True  # prompt-to-line, line-to-line and Q&A consistency of the conversations' replies
+    timeout_s: float = 60.0  # per call; 3 calls in a row without an answer end the judging of an evaluation
 
 
 @dataclass

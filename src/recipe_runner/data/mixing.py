@@ -50,6 +50,11 @@ class Plan:
     units: np.ndarray  # per pool row: tokens or 1 (examples), what the ratio counts
     want: float  # general: units per epoch; niche: upsample factor
     general: bool
+    index: np.ndarray | None = None  # the pool's rows in the source's dataset
+
+    def drawn(self, epochs: int, seed: int, fresh: bool) -> np.ndarray:
+        """The pool positions any of the first `epochs` epochs trains on."""
+        return np.unique(np.concatenate([self.positions(e if fresh else 0, seed) for e in range(max(epochs, 1))]))
 
     def positions(self, epoch: int, seed: int) -> np.ndarray:
         if self.general:
@@ -89,6 +94,9 @@ class Mix:
     lengths: dict[str, np.ndarray] = field(default_factory=dict)  # source -> token lengths after cleaning
     sources: dict = field(default_factory=dict)  # source -> SourceData (counts, samples, cache keys)
     keepalive: object = None  # holds a scratch data folder open while the mix is used
+    val_index: dict[str, np.ndarray] = field(default_factory=dict)  # source -> held-out rows in its dataset
+    distilled: dict = field(default_factory=dict)  # source -> what data/self_distill.py regenerated (Tally.as_dict)
+    answers_by: dict[str, str] = field(default_factory=dict)  # general source -> "base" (the base's own words) | "source"
 
     def train_for_epoch(self, epoch: int) -> Dataset:
         """The epoch's training rows, shuffled: niche (upsampled) + this epoch's general draw."""
@@ -144,7 +152,7 @@ def mix(sources: dict[str, "SourceData"], cfg: DataConfig) -> Mix:
         if sources[n].upsample > cfg.mix.max_repeats:
             problems.append(f"data.sources.{n}.upsample={sources[n].upsample:g} exceeds data.mix.max_repeats="
                             f"{cfg.mix.max_repeats:g}; raise the cap or lower the upsampling")
-        plans[n] = Plan(sources[n].ds.select(pools[n]), units[n], sources[n].upsample, general=False)
+        plans[n] = Plan(sources[n].ds.select(pools[n]), units[n], sources[n].upsample, general=False, index=pools[n])
     niche_units = sum(float(units[n].sum()) * sources[n].upsample for n in niche)
     if general and cfg.mix.general_ratio > 0:
         budget = cfg.mix.general_ratio * niche_units
@@ -157,13 +165,13 @@ def mix(sources: dict[str, "SourceData"], cfg: DataConfig) -> Mix:
                     f"data.mix.general_ratio={cfg.mix.general_ratio:g}: source {n!r} must supply {want:,.0f} training "
                     f"{unit} per epoch but has {have:,.0f} (x{cfg.mix.max_repeats:g} allowed by data.mix.max_repeats);"
                     " add general data, lower the ratio, raise data.mix.max_repeats, or cap the niche with max_examples")
-            plans[n] = Plan(sources[n].ds.select(pools[n]), units[n], want, general=True)
+            plans[n] = Plan(sources[n].ds.select(pools[n]), units[n], want, general=True, index=pools[n])
     if problems:
         raise RecipeError("\n".join(problems))
 
     result = Mix(plans=plans, val={n: sources[n].ds.select(vals[n]) for n in sources}, rows=[],
                  seed=cfg.mix.seed, fresh=cfg.mix.fresh_each_epoch,
-                 lengths={n: s.n_tokens for n, s in sources.items()}, sources=sources)
+                 lengths={n: s.n_tokens for n, s in sources.items()}, sources=sources, val_index=vals)
     for n, s in sources.items():
         pos = plans[n].positions(0, cfg.mix.seed) if n in plans else np.zeros(0, dtype=np.int64)
         rows_tokens = s.n_tokens[pools[n]]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +30,12 @@ from recipe_runner.data.corpus import BadLines, iter_source
 from recipe_runner.errors import RecipeError
 from recipe_runner.data.mixing import Mix, mix
 from recipe_runner.data.source_data import SourceData
-from recipe_runner.config.schema import Role, SystemPrompt, TemplateConfig, TrainOn
+from recipe_runner.config.schema import Answers, Role, SystemPrompt, TemplateConfig, TrainOn
 from recipe_runner.data.bible import persona_prompt
+from recipe_runner.model.embedded import resolve_model_path
+from recipe_runner.model.qlora import uses_gpu
 from recipe_runner.data.chat_format import apply_named_template
+from recipe_runner.data.self_distill import Rewriter
 from recipe_runner.data.templates import Encoder, preflight
 
 BATCH = 1000  # examples per Arrow record batch: ~0.5 MB of text, bounded memory at any corpus size
@@ -182,7 +186,60 @@ def prepare_source(name: str, src, cfg, tokenizer, encoder: Encoder, cache: Data
     )
 
 
-def prepare_data(cfg, tokenizer) -> Mix:
+def distill_targets(cfg) -> list[str]:
+    """General sources whose answers the base model regenerates (answers: base)."""
+    return [n for n, s in cfg.data.sources.items()
+            if Role(s.role) is Role.general and Answers(s.answers) is Answers.base]
+
+
+def distilled(result: Mix, sources: dict[str, SourceData], cfg, encoder: Encoder, rewriter: Rewriter) -> Mix:
+    """Every held-out row, and every row the mix draws over train.max_epochs, of each answers=base
+    source in the base model's words (data/self_distill.py). Regenerated answers have their own
+    lengths and the mix counts tokens, so the mix is drawn again until every row it draws was
+    regenerated: later rounds regenerate the few rows the new lengths pull in."""
+    targets = distill_targets(cfg)
+    done: dict[str, set[int]] = {n: set() for n in targets}
+    while True:
+        todo = {}
+        for n in targets:
+            rows = set(result.val_index[n].tolist())
+            plan = result.plans.get(n)
+            if plan is not None:
+                rows |= set(plan.index[plan.drawn(cfg.train.max_epochs, result.seed, result.fresh)].tolist())
+            todo[n] = sorted(rows - done[n])
+        if not any(todo.values()):
+            break
+        for n, rows in todo.items():
+            if rows:
+                examples = [as_example(r) for r in sources[n].ds.select(rows)]
+                sources[n] = replaced(sources[n], rows, rewriter.rewrite(n, examples, cfg.data.sources[n].path),
+                                      encoder, cfg, rewriter.tallies[n])
+                done[n] |= set(rows)
+        result = mix(sources, cfg.data)
+    result.distilled = {n: rewriter.tallies[n].as_dict() for n in targets}
+    return result
+
+
+def replaced(data: SourceData, rows: list[int], examples: list[dict], encoder: Encoder, cfg, tally) -> SourceData:
+    """`data` with `rows` re-encoded from `examples`; a row now longer than the token bounds keeps its
+    source answers (counted in the tally)."""
+    encoded = encoder.batch(examples)
+    fresh, index, n_tokens, n_turns = [], np.arange(len(data.ds)), data.n_tokens.copy(), data.n_turns.copy()
+    for j, (row, ex) in enumerate(zip(rows, examples)):
+        n = encoded["n_tokens"][j]
+        if n > min(cfg.data.max_length, cfg.data.clean.max_tokens or cfg.data.max_length):
+            tally.kept_source += 1
+            continue
+        fresh.append({**as_example(ex), **{k: v[j] for k, v in encoded.items()}})
+        index[row] = len(data.ds) + len(fresh) - 1
+        n_tokens[row], n_turns[row] = n, encoded["n_turns"][j]
+    if not fresh:
+        return data
+    added = Dataset.from_list(fresh, features=data.ds.features)
+    return replace(data, ds=concatenate_datasets([data.ds, added]).select(index), n_tokens=n_tokens, n_turns=n_turns)
+
+
+def prepare_data(cfg, tokenizer, model_path: str | None = None) -> Mix:
     tcfg: TemplateConfig = cfg.template
     apply_named_template(tokenizer, tcfg.chat_template)
     persona = persona_prompt(tcfg)
@@ -193,5 +250,14 @@ def prepare_data(cfg, tokenizer) -> Mix:
     sources = {name: prepare_source(name, src, cfg, tokenizer, encoder, cache, tok_hash)
                for name, src in cfg.data.sources.items()}
     result = mix(sources, cfg.data)
+    general = [n for n, s in cfg.data.sources.items() if Role(s.role) is Role.general]
+    if general:
+        rewriter = Rewriter(cfg, tokenizer, model_path or resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir),
+                            uses_gpu(cfg.train.accelerator),
+                            Path(cfg.paths.cache_dir) / "rewrite" if cfg.data.cache else None)
+        if distill_targets(cfg):
+            result = distilled(result, sources, cfg, encoder, rewriter)
+        result.answers_by = {n: "base" if n in result.distilled or rewriter.file_is_the_base(cfg.data.sources[n].path)
+                             else "source" for n in general}
     result.keepalive = cache  # without a cache folder, the scratch files live as long as the mix
     return result

@@ -35,7 +35,8 @@ class Prepared:
         return {"manifest_sha256": self.manifest["manifest_sha256"],
                 "mix": {r.source: {"train_tokens": r.train_tokens, "share": r.share} for r in self.mix.rows},
                 "general_to_niche_ratio": self.mix.ratio,
-                "niche_diversity": {name: d.as_dict() for name, d in self.diversity.items()}}
+                "niche_diversity": {name: d.as_dict() for name, d in self.diversity.items()},
+                "general_answers": self.mix.answers_by, "self_distilled": self.mix.distilled}
 
 
 def load_prepared(cfg: DictConfig) -> Prepared:
@@ -47,7 +48,7 @@ def load_prepared(cfg: DictConfig) -> Prepared:
 
     model_path = resolve_model_path(cfg.model.name_or_path, cfg.paths.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=cfg.model.revision, **CODE)
-    mix = prepare_data(cfg, tokenizer)
+    mix = prepare_data(cfg, tokenizer, model_path)
     return Prepared(model_path, tokenizer, mix, build_manifest(cfg, mix, model_path),
                     resolve_precision(Precision(cfg.train.precision).value, cfg.train.accelerator))
 

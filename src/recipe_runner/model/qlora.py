@@ -68,17 +68,13 @@ def keep_4bit_trainable(model) -> int:
     return touched
 
 
-def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None,
-                sharded: bool = False):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+def load_base(mcfg: ModelConfig, path: str, dtype: torch.dtype, device_map=None, sharded: bool = False):
+    """The frozen base as the run stores it: 4-bit (model.quant) computing in `dtype`, or in `dtype`.
+    Training (build_model) and the self-distilled general data (data/self_distill.py) load it here."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    # Frozen weights (embeddings, norms, and the base itself under quant=none) are stored in the
-    # compute dtype: under bf16 autocast an fp32 residual stream only doubles activation memory.
-    # The LoRA weights peft adds stay float32 for the optimizer.
-    base_dtype = DTYPES[precision]
     kwargs = dict(
-        dtype=base_dtype,
+        dtype=dtype,
         **safe_load.MODEL,
         attn_implementation=mcfg.attn_implementation,
         revision=mcfg.revision,
@@ -89,14 +85,24 @@ def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, 
             load_in_4bit=True,
             bnb_4bit_quant_type=quant.value,
             bnb_4bit_use_double_quant=mcfg.double_quant,
-            bnb_4bit_compute_dtype=DTYPES[precision],
+            bnb_4bit_compute_dtype=dtype,
             # fsdp shards the packed 4-bit bytes like any other weight: stored in the compute dtype, a
             # layer's quantized and LoRA weights share one dtype (bitsandbytes' FSDP-QLoRA setting)
-            **({"bnb_4bit_quant_storage": DTYPES[precision]} if sharded else {}),
+            **({"bnb_4bit_quant_storage": dtype} if sharded else {}),
         )
         if device_map is not None:
             kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def build_model(mcfg: ModelConfig, lcfg: LoraConfig, path: str, precision: str, device_map=None,
+                sharded: bool = False):
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    # Frozen weights (embeddings, norms, and the base itself under quant=none) are stored in the
+    # compute dtype: under bf16 autocast an fp32 residual stream only doubles activation memory.
+    # The LoRA weights peft adds stay float32 for the optimizer.
+    model = load_base(mcfg, path, DTYPES[precision], device_map, sharded)
     model.config.use_cache = False  # no KV cache in training; also lets packed rows be detected
     keep_4bit_trainable(model)
     if mcfg.full_finetune:

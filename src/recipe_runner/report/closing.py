@@ -71,6 +71,10 @@ def train_lines(run_dir: Path, s: dict) -> None:
     if signals:
         console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'}; measured: {'; '.join(signals)}",
                       markup=False)
+    for name in [n for n, by in (s.get("general_answers") or {}).items() if by == "source"]:
+        console.print(f"general data   {name} is not in the base model's words, so forgetting also measures the pull "
+                      f"toward its style ({'; '.join(signals) or 'not measured'}); to train on the base's own "
+                      f"answers to its prompts: data.sources.{name}.answers=base", markup=False)
     for prompt, before, after in side_by_side(run_dir, last.get("epoch")):  # hear the difference
         console.print(f"held-out       {cell(prompt)}", markup=False)
         console.print(f"  baseline     {cell(before)}", markup=False)

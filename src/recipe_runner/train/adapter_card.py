@@ -8,7 +8,6 @@ recipe and run, the epoch and that epoch's checks. `stage=chat|serve|export` rea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,25 +18,10 @@ from recipe_runner.data.bible import load_bible
 from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
 from recipe_runner.model.embedded import PREFIX
+from recipe_runner.model.fingerprint import weights_sha256
 
 CARD = "persona.json"
 VERSION = 1
-
-
-def weights_sha256(model_path: str) -> str | None:
-    """sha256 over the base's *.safetensors files (names and bytes, sorted); None for a hub id.
-    SmolLM2-135M in float32 is 540 MB: about a second."""
-    folder = Path(model_path)
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def run_card(cfg: DictConfig, tokenizer, model_path: str) -> dict:

@@ -105,7 +105,8 @@ def test_skipped_lines_show_in_the_mix_table(tmp_path, tiny_data, embedded_path)
     noisy = tmp_path / "noisy.jsonl"
     noisy.write_text("\n".join(lines[:5] + ["not json"] + lines[5:]) + "\n")
     cfg = compose_recipe("alex_persona", f"data.sources.alex.path={noisy}", "data.sources.alex.on_bad_line=skip",
-                         f"data.sources.general.path={tiny_data['general']}", "data.mix.general_ratio=2")
+                         f"data.sources.general.path={tiny_data['general']}", "data.mix.general_ratio=2",
+                         "data.sources.general.answers=source")
     mix = prepare_data(cfg, AutoTokenizer.from_pretrained(embedded_path))
     assert {r.source: r.bad_lines for r in mix.rows} == {"alex": 1, "general": 0}
 
@@ -157,7 +158,7 @@ def test_demo_data_passes_cleaning_untouched(embedded_path):
     from recipe_runner.data.prepare import prepare_data
     from conftest import compose_recipe
 
-    mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0"),
+    mix = prepare_data(compose_recipe("alex_persona", "data.mix.general_ratio=0", "data.sources.general.answers=source"),
                        AutoTokenizer.from_pretrained(embedded_path))
     assert all(sum(r.cleaned.values()) == 0 and r.contaminated == 0 for r in mix.rows), [r.cleaned for r in mix.rows]
 
@@ -166,7 +167,7 @@ def test_second_persona_data_loads_from_sharegpt_and_alpaca_and_passes_cleaning(
     from recipe_runner.data.prepare import prepare_data
     from conftest import compose_recipe
 
-    mix = prepare_data(compose_recipe("eleanor_diarist", "data.mix.general_ratio=0"),
+    mix = prepare_data(compose_recipe("eleanor_diarist", "data.mix.general_ratio=0", "data.sources.general.answers=source"),
                        AutoTokenizer.from_pretrained(embedded_path))
     rows = {r.source: r for r in mix.rows}
     assert rows["eleanor"].read == 110 and rows["eleanor"].val_examples == 22
@@ -209,7 +210,8 @@ def test_training_copies_of_held_out_examples_are_removed(tmp_path, tiny_data, e
     leaky.write_text(tiny_data["general"].read_text() + tiny_data["niche"].read_text())
     tok = AutoTokenizer.from_pretrained(embedded_path)
     args = [f"data.sources.alex.path={tiny_data['niche']}", f"data.sources.general.path={leaky}",
-            "data.mix.general_ratio=5", "data.sources.alex.system=keep"]
+            "data.mix.general_ratio=5", "data.sources.alex.system=keep",
+            "data.sources.general.answers=source"]
     mix = prepare_data(compose_recipe("alex_persona", *args), tok)
     rows = {r.source: r for r in mix.rows}
     assert rows["general"].contaminated >= 1

@@ -23,7 +23,8 @@ def tok(embedded_path):
 
 def tiny_cfg(tiny_data, ratio=10.0, **data):
     cfg = compose_recipe("alex_persona", f"data.sources.alex.path={tiny_data['niche']}",
-                         f"data.sources.general.path={tiny_data['general']}", f"data.mix.general_ratio={ratio}",
+                         f"data.sources.general.path={tiny_data['general']}", "data.sources.general.answers=source",
+                         f"data.mix.general_ratio={ratio}",
                          *[f"data.{k}={v}" for k, v in data.items()])
     return cfg
 
