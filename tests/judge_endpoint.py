@@ -2,15 +2,18 @@
 
 import contextlib
 import json
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from local_server import serving
 
 
 @contextlib.contextmanager
-def judge_endpoint(redirect_to: str | None = None, redirect_code: int = 302):
+def judge_endpoint(redirect_to: str | None = None, redirect_code: int = 302,
+                   answer: Callable[[str], str | int] | None = None):
     """Yields (base_url, seen): every request of any method as (path, Authorization header, JSON body or None).
-    Replies "8" to a reply containing "yo", else "score: 2/10"; with `redirect_to`, answers every POST
-    with a redirect to that URL instead."""
+    Replies "8" to a reply containing "yo", else "score: 2/10"; with `answer`, replies what it returns for
+    the request's (first) message: a text, or an int to answer with that HTTP status and no body (500);
+    with `redirect_to`, answers every POST with a redirect to that URL instead."""
     seen: list = []
 
     class Grader(BaseHTTPRequestHandler):
@@ -24,7 +27,13 @@ def judge_endpoint(redirect_to: str | None = None, redirect_code: int = 302):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            reply = "8" if "yo" in body["messages"][0]["content"] else "score: 2/10"
+            content = body["messages"][0]["content"]
+            reply = answer(content) if answer else "8" if "yo" in content else "score: 2/10"
+            if isinstance(reply, int):
+                self.send_response(reply)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, run_cli, tiny_overrides
 from judge_endpoint import judge_endpoint
-from recipe_runner.evaluate.judge import judge_scores
+from recipe_runner.evaluate.judge import Budget, pairwise
 from omegaconf import OmegaConf
 
 SECRET = "sk-do-not-leak-7f3a9c"
@@ -117,13 +117,13 @@ def test_a_malicious_sweep_file_is_refused(params, named, shared_files, tmp_path
 def test_user_settings_come_from_the_users_own_file_and_the_command_line_wins(tmp_path):
     settings = tmp_path / "xdg" / "recipe-runner" / "user.yaml"
     settings.parent.mkdir(parents=True)
-    settings.write_text("eval:\n  judge:\n    base_url: https://judge.example/v1\n    max_answers: 3\n"
+    settings.write_text("eval:\n  judge:\n    base_url: https://judge.example/v1\n    max_calls: 3\n"
                         "logger:\n  wandb:\n    mode: offline\n    entity: my-team\n")
     env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
-    res = run_cli("--cfg", "job", "eval.judge.max_answers=5", env=env)
+    res = run_cli("--cfg", "job", "eval.judge.max_calls=5", env=env)
     assert res.returncode == 0, res.stderr
     cfg = OmegaConf.create(res.stdout)
-    assert cfg.eval.judge.base_url == "https://judge.example/v1" and cfg.eval.judge.max_answers == 5
+    assert cfg.eval.judge.base_url == "https://judge.example/v1" and cfg.eval.judge.max_calls == 5
     assert cfg.logger.wandb.mode == "offline" and cfg.logger.wandb.entity == "my-team"
     settings.write_text("eval:\n  judge:\n    enabled: true\nlora:\n  r: 8\n")  # a recipe key does not belong here
     res = run_cli("--cfg", "job", env=env)
@@ -136,9 +136,9 @@ def test_the_judge_key_goes_only_to_the_configured_endpoint_never_through_a_redi
                                                                  redirect_code=code) as (url, seen), \
             pytest.MonkeyPatch.context() as mp:
         mp.setenv("MY_SECRET", SECRET)
-        cfg = OmegaConf.create({"base_url": url, "model": "m", "api_key_env": "MY_SECRET", "max_answers": 2})
-        scores = judge_scores(cfg, {"name": "Alex"}, [("hi", "yo"), ("hi", "hello")], timeout=5)
-    assert scores == [None, None]  # a redirect is a failed call, not a reason to resend the key
+        cfg = OmegaConf.create({"base_url": url, "model": "m", "api_key_env": "MY_SECRET", "timeout_s": 5})
+        result = pairwise(cfg, {"name": "Alex"}, [("hi", "yo", "hello")], Budget(10))
+    assert result.items == [None] and result.failed == 1  # a redirect is a failed call, not a reason to resend the key
     assert [auth for _, auth, _ in seen] == [f"Bearer {SECRET}"] * 2
     assert stolen == []
 

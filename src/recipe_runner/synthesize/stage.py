@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -93,8 +92,7 @@ def judge_of(cfg: DictConfig, bible: Bible, folder: SynthFolder):
         if d["id"] not in folder.judge.rows:
             m = d["messages"]
             pairs = [(m[i - 1]["content"], m[i]["content"]) for i in range(1, len(m), 2)]
-            jcfg = SimpleNamespace(**{**OmegaConf.to_container(cfg.eval.judge), "max_answers": len(pairs)})
-            scores = [x for x in judge_scores(jcfg, bible.as_dict(), pairs) if x is not None]
+            scores = [x for x in judge_scores(cfg.eval.judge, bible.as_dict(), pairs) if x is not None]
             folder.judge.add({"id": d["id"], "scores": scores, "mean": sum(scores) / len(scores) if scores else None})
         return folder.judge.rows[d["id"]]["mean"]
 

@@ -49,14 +49,16 @@ def test_rising_parroting_stops_after_patience_epochs(tmp_path):
     assert trainer.should_stop and "rose 2 epochs in a row (0.15 -> 0.30)" in cb.stop_reason
 
 
-def test_judge_posts_the_bible_rubric_to_an_openai_compatible_endpoint(monkeypatch):
+def test_judge_scores_posts_the_bible_rubric_to_an_openai_compatible_endpoint(monkeypatch):
+    # the absolute 0-10 score is the synthesis filter's (synth.check.judge_min_score); the evaluation's
+    # protocol (pairwise, consistency) is tests/unit/evaluate/test_judge.py
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
     with judge_endpoint() as (url, seen):
-        cfg = JudgeConfig(enabled=True, base_url=url, model="m", api_key_env="JUDGE_KEY", max_answers=2)
-        scores = judge_scores(cfg, {"name": "Alex"}, [("hi", "yo."), ("hi", "Hello! How can I help?"), ("x", "y")])
-    assert scores == [8.0, 2.0]  # max_answers caps the calls
+        cfg = JudgeConfig(enabled=True, base_url=url, model="m", api_key_env="JUDGE_KEY")
+        scores = judge_scores(cfg, {"name": "Alex"}, [("hi", "yo."), ("hi", "Hello! How can I help?")])
+    assert scores == [8.0, 2.0] and len(seen) == 2  # one call per answer
     path, auth, body = seen[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test" and body["model"] == "m"
     assert '"name": "Alex"' in body["messages"][0]["content"]
-    dead = JudgeConfig(enabled=True, base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY")
-    assert judge_scores(dead, {"name": "Alex"}, [("hi", "yo")], timeout=2) == [None]  # no server: no score
+    dead = JudgeConfig(enabled=True, base_url="http://127.0.0.1:9/v1", api_key_env="JUDGE_KEY", timeout_s=2)
+    assert judge_scores(dead, {"name": "Alex"}, [("hi", "yo")]) == [None]  # no server: no score
