@@ -180,7 +180,8 @@ class JudgeConfig:
 class SelectConfig:
     metric: str = "combined"  # combined (persona gain - forgetting penalty) | the early-stopping monitor
     persona_weight: float = 1.0  # weight of the adherence gain over the prompt-only baseline
-    forgetting_weight: float = 1.0  # weight of general drift (fraction of the base loss)
+    forgetting_weight: float = 1.0  # weight of general drift (fraction of the base loss) and of checkable answers lost
+    distinct_weight: float = 1.0  # weight of the duplicate-answer rate above the baseline's (a templated persona)
 
 
 @dataclass
@@ -189,7 +190,11 @@ class EvalConfig:
     limit_val_batches: float = 1.0  # share (<=1.0) or count (>1) of validation batches
     checks: bool = True  # generation checks: forgetting prompts, persona, drift, parroting, samples
     every_n_epochs: int = 1  # generation checks every N epochs (the baseline runs once, before training)
-    ordinary_prompts: Optional[str] = "data/eval/ordinary_prompts.jsonl"  # everyday prompts (forgetting)
+    ordinary_prompts: Optional[str] = "data/eval/ordinary_prompts.jsonl"  # everyday prompts (forgetting, distinct answers)
+    still_answers: Optional[str] = "data/eval/still_answers.jsonl"  # everyday questions with checkable answers (lost ability vs style)
+    max_still_answers: Optional[int] = None  # questions asked per evaluation (null = all; budget)
+    still_answers_tokens: int = 24  # new tokens per answer to a checkable question
+    min_headroom: float = 0.15  # below this much room above the baseline's adherence the rubric cannot show a gain
     persona_prompts: Optional[str] = None  # held-out persona prompts, never in the training data
     dialogues: Optional[str] = None  # scripted multi-turn conversations (8+ user turns) for drift
     max_prompts: int = 16  # per prompt set and epoch (budget)

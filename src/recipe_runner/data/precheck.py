@@ -24,7 +24,8 @@ from recipe_runner.data.cache import DataCache, clean_key, source_hash
 from recipe_runner.data.corpus import iter_source, plain_text
 from recipe_runner.data.readers import is_hub_name, read_jsonl
 
-EVAL_FILES = (("ordinary_prompts", "prompt"), ("persona_prompts", "prompt"), ("dialogues", "turns"))
+EVAL_FILES = (("ordinary_prompts", "prompt"), ("persona_prompts", "prompt"), ("dialogues", "turns"),
+              ("still_answers", "prompt"))
 BAR_BYTES = 64 * 2**20  # sources this big show a progress bar while checked (~1 s per 50 MB of chat JSONL)
 
 

@@ -232,7 +232,8 @@ class EvalChecks(L.Callback):
                 "base_general_loss": self.base_general_loss,
                 "checks_last": self.history[-1] if self.history else {},
                 "checks_best": next((r for r in self.history if r["epoch"] == best_epoch), {}),
-                "eval_seconds": self.seconds}
+                "eval_seconds": self.seconds,
+                "min_headroom": self.cfg.min_headroom}  # the verdict's: a baseline this near the rubric's top
 
     def write_outputs(self) -> None:
         """checks.csv and baseline.json; called by the runner after fit (and any final validate)."""

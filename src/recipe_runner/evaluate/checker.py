@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recipe_runner.evaluate.answer_match import load_still_answers
 from recipe_runner.evaluate.generation import answer_nll, generate
 from recipe_runner.evaluate.intervals import interval, paired_gain
 from recipe_runner.data.bible import Bible
@@ -39,12 +40,15 @@ class EvalSets:
     ordinary: list[str] = field(default_factory=list)  # everyday prompts (forgetting)
     persona: list[str] = field(default_factory=list)  # held-out persona prompts
     dialogues: list[list[str]] = field(default_factory=list)  # user turns of scripted conversations
+    still: list[dict] = field(default_factory=list)  # checkable questions: {"prompt", "answers", ...}
 
     @classmethod
     def load(cls, ecfg) -> "EvalSets":
         sets = cls()
         if ecfg.ordinary_prompts:
             sets.ordinary = read_jsonl(ecfg.ordinary_prompts, "eval.ordinary_prompts", "prompt")[: ecfg.max_prompts]
+        if ecfg.still_answers:
+            sets.still = load_still_answers(ecfg.still_answers, "eval.still_answers")[: ecfg.max_still_answers]
         if ecfg.persona_prompts:
             sets.persona = read_jsonl(ecfg.persona_prompts, "eval.persona_prompts", "prompt")[: ecfg.max_prompts]
         if ecfg.dialogues:
@@ -58,6 +62,7 @@ class Reference:
 
     ordinary_answers: list[str]
     ordinary_nll: float  # mean over prompts, nats per token, base model
+    still_answers: list[str] = field(default_factory=list)  # the base's answers to the checkable questions
     general_loss: float | None = None  # base model's loss on the held-out general sets
 
 
@@ -81,9 +86,9 @@ class Checker:
 
     # ------------------------------------------------------------------ building blocks
 
-    def gen(self, model, convos: list[list[dict]], adapter: bool) -> list[str]:
-        return generate(model, self.tok, convos, self.cfg.max_new_tokens, self.cfg.batch_size, adapter,
-                        repetition_penalty=self.cfg.repetition_penalty)
+    def gen(self, model, convos: list[list[dict]], adapter: bool, max_new_tokens: int | None = None) -> list[str]:
+        return generate(model, self.tok, convos, max_new_tokens or self.cfg.max_new_tokens, self.cfg.batch_size,
+                        adapter, repetition_penalty=self.cfg.repetition_penalty)
 
     def conversations(self, model, system: str | None, adapter: bool) -> list[list[str]]:
         """Reply turn by turn to every scripted conversation, all conversations batched per turn."""
@@ -99,11 +104,18 @@ class Checker:
                 replies[i].append(a)
         return replies
 
+    def still(self, model, adapter: bool) -> list[str]:
+        """Answers to the checkable questions, no system prompt: the model's own knowledge."""
+        if not self.sets.still:
+            return []
+        return self.gen(model, [user(q["prompt"], None) for q in self.sets.still], adapter,
+                        max_new_tokens=self.cfg.still_answers_tokens)
+
     def base_reference(self, model) -> Reference:
         convos = [user(p, None) for p in self.sets.ordinary]
         answers = self.gen(model, convos, adapter=False)
         nll = answer_nll(model, self.tok, convos, answers, self.cfg.batch_size, adapter=False) if convos else []
-        self.reference = Reference(answers, float(np.mean(nll)) if nll else float("nan"))
+        self.reference = Reference(answers, float(np.mean(nll)) if nll else float("nan"), self.still(model, False))
         return self.reference
 
     def intervals(self, items: dict[Metric, list], baseline: bool) -> dict[str, float]:
@@ -116,7 +128,8 @@ class Checker:
             ci = interval(values)
             if ci is not None:
                 out[metric.lo], out[metric.hi] = ci[1], ci[2]
-            gain = None if baseline or not self.base_items else paired_gain(values, self.base_items[metric.name])
+            base = self.base_items.get(metric.name)  # the judge's win rate has no baseline side
+            gain = None if baseline or base is None else paired_gain(values, base)
             if gain is not None:
                 out[metric.gain], out[metric.gain_lo], out[metric.gain_hi] = gain
         return out
@@ -132,8 +145,13 @@ class Checker:
         self.seconds = {"persona": time.perf_counter() - clock}
         clock = time.perf_counter()
         dialogues = self.conversations(model, system, adapter) if self.sets.dialogues else []
-        self.seconds |= {"conversations": time.perf_counter() - clock, "ordinary": 0.0}
-        said = Said(model, adapter, judge, self.sets.persona, persona, dialogues, self.reference)
+        self.seconds |= {"conversations": time.perf_counter() - clock}
+        clock = time.perf_counter()
+        # everyday prompts as deployed (the persona's system prompt; the baseline's whole bible): distinct answers
+        ordinary = self.gen(model, [user(p, system) for p in self.sets.ordinary], adapter) if self.sets.ordinary else []
+        still = self.still(model, adapter) if adapter or self.reference is None else self.reference.still_answers
+        self.seconds["ordinary"] = time.perf_counter() - clock
+        said = Said(model, adapter, judge, self.sets.persona, persona, dialogues, self.reference, ordinary, still)
         metrics: dict[str, float] = {}
         self.items = {}
         for check in self.checks:

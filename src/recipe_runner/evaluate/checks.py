@@ -18,16 +18,20 @@ A check is built once per run from a `Setup`. The expensive preparation goes in 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recipe_runner.evaluate.answer_match import accuracy_items
+from recipe_runner.evaluate.distinct import near_duplicate_items
 from recipe_runner.evaluate.generation import answer_nll
-from recipe_runner.evaluate.judge import judge_scores
+from recipe_runner.evaluate.judge import Budget, consistency, pairwise
 from recipe_runner.evaluate.metrics import (
-    ADHERENCE, COPY_RATE, DRIFT_FIRST, DRIFT_HELD, DRIFT_LAST, DRIFT_SLOPE, JUDGE, JUDGE_FAILED, LANGUAGE_RATE,
-    LENGTH_COMPLIANCE, MARKER_RATE, ORDINARY_NLL, ORDINARY_NLL_DELTA, PARROT_NGRAMS, PARROT_RATE, TABOO_RATE, Metric,
+    ADHERENCE, COPY_RATE, DRIFT_FIRST, DRIFT_HELD, DRIFT_LAST, DRIFT_SLOPE, DUPLICATE_RATE, JUDGE_CALLS, JUDGE_FAILED,
+    JUDGE_L2L, JUDGE_P2L, JUDGE_QA, JUDGE_WIN_RATE, LANGUAGE_RATE, LENGTH_COMPLIANCE, MARKER_RATE, ORDINARY_NLL,
+    ORDINARY_NLL_DELTA, PARROT_NGRAMS, PARROT_RATE, STILL_ANSWERS, TABOO_RATE, Metric,
 )
 from recipe_runner.evaluate.parroting import CopyIndex, mine_ngrams, parrot_rate
 from recipe_runner.evaluate.persona_score import PersonaRubric, score_answer, score_answers, turn_slope
@@ -66,6 +70,8 @@ class Said:
     persona: list[str]  # the answers to them
     dialogues: list[list[str]]  # the replies to each scripted conversation, turn by turn
     reference: Reference | None  # what the base model did before training
+    ordinary: list[str] = field(default_factory=list)  # answers to the everyday prompts, with the same system prompt
+    still: list[str] = field(default_factory=list)  # answers to the checkable questions, no system prompt
 
     @property
     def answers(self) -> list[str]:
@@ -112,22 +118,88 @@ class PersonaRules(Check):
                          MARKER_RATE: [None if x.markers is None else float(bool(x.markers)) for x in scored]})
 
 
+class DistinctAnswers(Check):
+    """answers/duplicate_rate: does the model give different prompts different answers? Everyday prompts
+    and the persona prompts not about identity ("who are you?" may get the identity line), each answer
+    against every other (evaluate/distinct.py). A templated persona scores near 1; the baseline's
+    rate on the same prompts is the reference."""
+
+    name = "distinct answers"
+    metrics = (DUPLICATE_RATE,)
+    phase = "ordinary"
+
+    def measure(self, said: Said) -> Measured | None:
+        answers = said.ordinary + [a for p, a in zip(said.prompts, said.persona) if not about_identity(p)]
+        if len(answers) < 2:
+            return None
+        items = near_duplicate_items(answers)
+        return Measured({DUPLICATE_RATE.key: float(np.mean(items))}, {DUPLICATE_RATE: items})
+
+
+IDENTITY = re.compile(r"\b(who are you|what are you|your name|about yourself|introduce yourself|who am i talking)\b|"
+                      r"кто ты|как тебя зовут|представься|о себе", re.IGNORECASE)
+
+
+def about_identity(prompt: str) -> bool:
+    return bool(IDENTITY.search(prompt))
+
+
+class StillAnswers(Check):
+    """forget/still_answers: the checkable everyday questions answered right (normalised match,
+    evaluate/answer_match.py), against the base model's own accuracy on the same questions: an NLL
+    that rose while these hold is style; these falling is lost ability."""
+
+    name = "still answers"
+    metrics = (STILL_ANSWERS,)
+    phase = "ordinary"
+
+    def measure(self, said: Said) -> Measured | None:
+        if not said.still:
+            return None
+        items = accuracy_items(said.still, self.setup.sets.still)
+        return Measured({STILL_ANSWERS.key: float(np.mean(items))}, {STILL_ANSWERS: items})
+
+
 class Judge(Check):
-    """persona/judge: an LLM's in-character score of the persona answers (evaluate/judge.py), when
-    eval.judge is on."""
+    """judge/*: an LLM judge on an endpoint the user sets (eval.judge, evaluate/judge.py): pairwise
+    tuned vs baseline answers to the persona prompts (both orders asked), then the consistency of the
+    conversations' replies, within one call budget per evaluation. The baseline's answers are kept
+    when it is checked; its consistency spends the same budget the tuned model has left after the
+    pairwise calls, so the two are judged on the same lines."""
 
     name = "judge"
-    metrics = (JUDGE, JUDGE_FAILED)
+    metrics = (JUDGE_WIN_RATE, JUDGE_P2L, JUDGE_L2L, JUDGE_QA, JUDGE_FAILED, JUDGE_CALLS)
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        self.base_persona: list[str] = []
 
     def measure(self, said: Said) -> Measured | None:
         cfg = self.setup.cfg.judge
-        if not (said.judge and cfg.enabled and said.persona):
+        if not said.adapter:
+            self.base_persona = said.persona  # every rank keeps them: the pairwise needs them later
+        if not (said.judge and cfg.enabled):
             return None
         bible = self.setup.bible.as_dict() if self.setup.bible else {}
-        judged = judge_scores(cfg, bible, list(zip(said.prompts, said.persona)))
-        ok = [x for x in judged if x is not None]
-        return Measured({JUDGE.key: float(np.mean(ok)) if ok else float("nan"),
-                         JUDGE_FAILED.key: float(len(judged) - len(ok))})
+        budget = Budget(cfg.max_calls)
+        pairs = list(zip(said.prompts, said.persona, self.base_persona))
+        pw = pairwise(cfg, bible, pairs, budget) if said.adapter and cfg.pairwise and pairs else None
+        if not said.adapter and cfg.pairwise:
+            budget.used = min(2 * len(pairs), cfg.max_calls)  # what the tuned model's pairwise will spend
+        talks = [list(zip(turns, replies)) for turns, replies in zip(self.setup.sets.dialogues, said.dialogues)]
+        cs = consistency(cfg, bible, talks, budget) if cfg.consistency and talks else None
+        values, items = {}, {}
+        for metric, got in ((JUDGE_WIN_RATE, pw.items if pw else None),
+                            *((m, cs.items.get(k) if cs else None) for m, k in ((JUDGE_P2L, "prompt_to_line"),
+                                                                                (JUDGE_L2L, "line_to_line"),
+                                                                                (JUDGE_QA, "qa")))):
+            scored = [x for x in got or [] if x is not None]
+            if got is not None:
+                values[metric.key] = float(np.mean(scored)) if scored else float("nan")
+                items[metric] = got
+        values[JUDGE_FAILED.key] = float((pw.failed if pw else 0) + (cs.failed if cs else 0))
+        values[JUDGE_CALLS.key] = float((pw.calls if pw else 0) + (cs.calls if cs else 0))
+        return Measured(values, items)
 
 
 class TurnDrift(Check):
@@ -191,4 +263,4 @@ class Forgetting(Check):
 
 # Every check, in the order their metrics appear. A new check is one class above (or its own
 # module) and one entry here.
-CHECKS: tuple[type[Check], ...] = (PersonaRules, Judge, TurnDrift, Parroting, Forgetting)
+CHECKS: tuple[type[Check], ...] = (PersonaRules, DistinctAnswers, Judge, TurnDrift, Parroting, Forgetting, StillAnswers)

@@ -39,7 +39,7 @@ class Better(str, Enum):
 
 @dataclass(frozen=True)
 class Metric:
-    group: str  # persona, drift, parrot, forget: the checks' groups; "" for the epoch's own numbers
+    group: str  # persona, answers, judge, drift, parrot, forget: the checks' groups; "" for the epoch's own numbers
     name: str  # unique within its group
     meaning: str
     better: Better
@@ -89,8 +89,18 @@ ORDINARY_NLL = Metric("forget", "ordinary_nll", "mean NLL of the base model's ow
                                                 "prompts under the model checked (nats/token)", L)
 ORDINARY_NLL_DELTA = Metric("forget", "ordinary_nll_delta", "how much less likely the tuned model finds the base "
                                                             "model's own answers to everyday prompts (nats/token)", L)
+STILL_ANSWERS = Metric("forget", "still_answers", "share of the checkable everyday questions (eval.still_answers: "
+                                                 "arithmetic, units, capitals, dates, spelling, facts; en + ru) answered "
+                                                 "right, by normalised match, with no system prompt", H, True,
+                       "checkable questions answered right")
 
-# ---------------------------------------------------------------- persona (checks.PersonaRules, checks.Judge)
+# ---------------------------------------------------------------- distinct answers (checks.DistinctAnswers)
+DUPLICATE_RATE = Metric("answers", "duplicate_rate", "share of answers to everyday prompts and to persona prompts not "
+                                                     "about identity that near-duplicate the answer to a different "
+                                                     "prompt (a templated persona: evaluate/distinct.py)", L, True,
+                        "answers repeating another prompt's answer")
+
+# ---------------------------------------------------------------- persona (checks.PersonaRules)
 ADHERENCE = Metric("persona", "adherence", "answers to held-out persona prompts scored against the bible: the mean "
                                            "of the rules it switches on (0-1)", H, True, "persona adherence (0-1)")
 MARKER_RATE = Metric("persona", "marker_rate", "share of answers with a persona marker", H, True,
@@ -100,8 +110,18 @@ LENGTH_COMPLIANCE = Metric("persona", "length_compliance", "share of answers wit
                            label="answers within the sentence limit")
 LANGUAGE_RATE = Metric("persona", "language_rate", "share of answers in the bible's language (of those long "
                                                    "enough to tell)", H, label="answers in the persona's language")
-JUDGE = Metric("persona", "judge", "the LLM judge's in-character score, 0-10 (eval.judge)", H)
-JUDGE_FAILED = Metric("persona", "judge_failed", "answers the LLM judge returned no score for", L)
+
+# ---------------------------------------------------------------- the LLM judge (checks.Judge, evaluate/judge.py)
+JUDGE_WIN_RATE = Metric("judge", "win_rate", "the judge's pairwise preference for the tuned answer over the baseline's, "
+                                             "both orders asked (1 win, 0.5 tie or order-dependent, 0 loss)", H, True,
+                        "judge: tuned preferred over the baseline")
+JUDGE_P2L = Metric("judge", "prompt_to_line", "share of conversation replies the judge finds consistent with the "
+                                              "persona description", H, True)
+JUDGE_L2L = Metric("judge", "line_to_line", "share of conversation replies that contradict nothing said earlier in "
+                                            "the conversation", H, True)
+JUDGE_QA = Metric("judge", "qa", "share of conversations whose replies contradict none of the bible's facts", H, True)
+JUDGE_FAILED = Metric("judge", "failed", "judge calls that returned no usable answer", L)
+JUDGE_CALLS = Metric("judge", "calls", "judge calls made in this evaluation (eval.judge.max_calls caps them)", N)
 
 # ---------------------------------------------------------------- drift over a conversation (checks.TurnDrift)
 DRIFT_FIRST = Metric("drift", "first", "adherence at the first turn of the scripted conversations", H)
@@ -119,13 +139,15 @@ COPY_RATE = Metric("parrot", "copy_rate", "share of answers copying eval.copy_sp
 
 # ---------------------------------------------------------------- selection (evaluate/selection.py)
 COMBINED = Metric("", "combined", "ranks epochs for adapters/best: persona_weight x adherence gain over the baseline "
-                                  "- forgetting_weight x general drift (a fraction, when positive)", H)
+                                  "- forgetting_weight x (general drift, a fraction, + checkable answers lost) - "
+                                  "distinct_weight x duplicate rate above the baseline's (each counted when positive)", H)
 REJECTED = Metric("", "rejected", "1 when the epoch's general drift exceeded eval.max_general_drift_pct (the epoch "
                                   "cannot be chosen and the run stops)", N)
 
 METRICS: tuple[Metric, ...] = (
-    GENERAL_DRIFT, GENERAL_DRIFT_PCT, GENERAL_LOSS, ORDINARY_NLL, ORDINARY_NLL_DELTA,
-    ADHERENCE, MARKER_RATE, TABOO_RATE, LENGTH_COMPLIANCE, LANGUAGE_RATE, JUDGE, JUDGE_FAILED,
+    GENERAL_DRIFT, GENERAL_DRIFT_PCT, GENERAL_LOSS, ORDINARY_NLL, ORDINARY_NLL_DELTA, STILL_ANSWERS,
+    ADHERENCE, MARKER_RATE, TABOO_RATE, LENGTH_COMPLIANCE, LANGUAGE_RATE, DUPLICATE_RATE,
+    JUDGE_WIN_RATE, JUDGE_P2L, JUDGE_L2L, JUDGE_QA, JUDGE_FAILED, JUDGE_CALLS,
     DRIFT_FIRST, DRIFT_LAST, DRIFT_SLOPE, DRIFT_HELD,
     PARROT_RATE, PARROT_NGRAMS, COPY_RATE,
     COMBINED, REJECTED,

@@ -3,7 +3,8 @@
 Plain numbers in, decisions out: evaluate/callback.py calls these at the end of each validation
 and keeps the state (the rows of checks.csv, the score and per-prompt adherence of each epoch).
 - `combined`: the selection score, persona_weight x adherence gain over the prompt-only baseline
-  - forgetting_weight x max(general drift as a fraction, 0);
+  - forgetting_weight x (max(general drift as a fraction, 0) + checkable answers lost against the
+  baseline) - distinct_weight x duplicate-answer rate above the baseline's;
 - `beats`: a later epoch replaces the best only when its score is higher by more than the persona
   noise, or when it clearly beats the baseline where the best so far does not;
 - `drift_rejects`, `parroting_rose`: the stopping rules (eval.max_general_drift_pct,
@@ -13,7 +14,9 @@ and keeps the state (the rows of checks.csv, the score and per-prompt adherence 
 from __future__ import annotations
 
 from recipe_runner.evaluate.intervals import paired_gain
-from recipe_runner.evaluate.metrics import ADHERENCE, COMBINED, GENERAL_DRIFT_PCT
+from recipe_runner.evaluate.metrics import (
+    ADHERENCE, COMBINED, DUPLICATE_RATE, GENERAL_DRIFT_PCT, STILL_ANSWERS, Better,
+)
 
 MONITOR = COMBINED.logged  # eval/combined: how best.json and summary.json name this selection
 
@@ -23,11 +26,25 @@ def selects(ecfg, rubric) -> bool:
     return ecfg.select.metric == COMBINED.key and rubric is not None and bool(ecfg.checks)
 
 
+def worse_than_baseline(row: dict, baseline: dict, metric) -> float:
+    """How much worse than the baseline the epoch is on `metric`, 0 when not worse or not measured."""
+    if metric.key not in row or metric.key not in baseline:
+        return 0.0
+    change = row[metric.key] - baseline[metric.key]
+    return max(-change if metric.better is Better.higher else change, 0.0)
+
+
 def combined(row: dict, baseline: dict, select) -> float | None:
-    """The epoch's selection score; None without a persona adherence (nothing to select on)."""
+    """The epoch's selection score; None without a persona adherence (nothing to select on). A templated
+    epoch (duplicate answers 0.9 vs the baseline's 0.05) loses 0.85: more than the rubric's whole range
+    above a typical baseline, so it is not chosen over an epoch that still answers each prompt."""
     drift = max(row.get(GENERAL_DRIFT_PCT.key, 0.0), 0.0) / 100
+    lost = worse_than_baseline(row, baseline, STILL_ANSWERS)  # checkable answers the base got and this epoch did not
+    templated = worse_than_baseline(row, baseline, DUPLICATE_RATE)
     gain = row.get(ADHERENCE.key, 0.0) - baseline.get(ADHERENCE.key, 0.0) if ADHERENCE.key in row else None
-    return None if gain is None else select.persona_weight * gain - select.forgetting_weight * drift
+    if gain is None:
+        return None
+    return select.persona_weight * gain - select.forgetting_weight * (drift + lost) - select.distinct_weight * templated
 
 
 def clearly_beats_baseline(row: dict) -> bool:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from recipe_runner.console import console
-from recipe_runner.evaluate.metrics import ADHERENCE, MARKER_RATE
-from recipe_runner.report.run_report import cell, ci_text, fmt, forgetting, persona_claim, side_by_side
+from recipe_runner.evaluate.metrics import ADHERENCE, DUPLICATE_RATE, MARKER_RATE
+from recipe_runner.report.run_report import (
+    cell, ci_text, fmt, forgetting, persona_caveats, persona_claim, side_by_side,
+)
 from recipe_runner.stages import load, stage_named
 
 
@@ -61,12 +63,18 @@ def train_lines(run_dir: Path, s: dict) -> None:
                   (f", {s['peak_cuda_mb']:.0f} MB CUDA" if s.get("peak_cuda_mb") else ""))
     last, base = s.get("checks_best") or s.get("checks_last") or {}, s.get("baseline") or {}
     if ADHERENCE.key in last and ADHERENCE.key in base:
-        console.print(f"persona        epoch {last['epoch']} {persona_claim(last)} the prompt-only baseline: adherence "
-                      f"{ci_text(last, ADHERENCE.key)} vs {ci_text(base, ADHERENCE.key)}, gain "
+        headroom = s.get("min_headroom", 0.0)
+        console.print(f"persona        epoch {last['epoch']} {persona_claim(last, base, headroom)} the prompt-only "
+                      f"baseline: adherence {ci_text(last, ADHERENCE.key)} vs {ci_text(base, ADHERENCE.key)}, gain "
                       f"{ci_text(last, ADHERENCE.gain, True)} (95 % intervals over prompts)", markup=False)
+        for caveat in persona_caveats(last, base, headroom):
+            console.print(f"  but          {caveat}", markup=False)
     if MARKER_RATE.key in last and MARKER_RATE.key in base:
         console.print(f"markers        {ci_text(last, MARKER_RATE.key)} of answers vs "
                       f"{ci_text(base, MARKER_RATE.key)}", markup=False)
+    if DUPLICATE_RATE.key in last and DUPLICATE_RATE.key in base:
+        console.print(f"distinct       {ci_text(last, DUPLICATE_RATE.key)} of answers repeat another prompt's answer vs "
+                      f"{ci_text(base, DUPLICATE_RATE.key)}", markup=False)
     signals, moved = forgetting(base, last)
     if signals:
         console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'}; measured: {'; '.join(signals)}",

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from recipe_runner.evaluate.metrics import (
-    ADHERENCE, COMBINED, GENERAL_DRIFT, GENERAL_DRIFT_PCT, HEADLINE, HI, LO, MARKER_RATE, ORDINARY_NLL_DELTA,
-    TABOO_RATE,
+    ADHERENCE, COMBINED, DUPLICATE_RATE, GENERAL_DRIFT, GENERAL_DRIFT_PCT, HEADLINE, HI, LO, MARKER_RATE,
+    ORDINARY_NLL_DELTA, STILL_ANSWERS, TABOO_RATE,
 )
 
 # the columns of "Checks per epoch"; the metrics whose meaning its note gives
@@ -67,22 +67,60 @@ def ci_text(row: dict, key: str, signed: bool = False) -> str:
     return text + (f" [{f.format(row[key + LO])}, {f.format(row[key + HI])}]" if key + LO in row else "")
 
 
-def persona_claim(tuned: dict) -> str:
-    """beats / is indistinguishable from / is worse than the baseline, by the gain's interval."""
+def templated(tuned: dict) -> bool:
+    """More of its answers repeat another prompt's answer than the baseline's do, beyond noise."""
+    return tuned.get(DUPLICATE_RATE.gain_lo, 0.0) > 0
+
+
+def no_headroom(baseline: dict, min_headroom: float) -> bool:
+    """The baseline already scores so near the rubric's top (1.0) that no gain could clear the noise."""
+    return ADHERENCE.key in baseline and 1 - baseline[ADHERENCE.key] < min_headroom
+
+
+def persona_claim(tuned: dict, baseline: dict | None = None, min_headroom: float = 0.0) -> str:
+    """beats / is indistinguishable from / is worse than the baseline, by the gain's interval; a
+    templated model or a baseline at the rubric's top gets no claim of a win."""
     lo, hi = tuned.get(ADHERENCE.gain_lo), tuned.get(ADHERENCE.gain_hi)
     if lo is None:
         return "was not compared with"
+    if templated(tuned):
+        return "is templated: it cannot be said to beat"
+    if baseline and no_headroom(baseline, min_headroom) and hi >= 0:
+        return "cannot be told apart by the rubric from"
     return "beats" if lo > 0 else "is worse than" if hi < 0 else "is indistinguishable from"
 
 
+def persona_caveats(tuned: dict, baseline: dict, min_headroom: float) -> list[str]:
+    """Why the claim is not a plain win or loss: a templated model, a rubric with no room left."""
+    out = []
+    if templated(tuned):
+        out.append(f"answers repeating another prompt's answer: {ci_text(tuned, DUPLICATE_RATE.key)} vs the baseline's "
+                   f"{ci_text(baseline, DUPLICATE_RATE.key)}: different prompts get the same answer (a templated "
+                   "persona), so its adherence says nothing about answering")
+    if no_headroom(baseline, min_headroom):
+        out.append(f"the baseline already scores {baseline[ADHERENCE.key]:.3f} of 1.0 on the rubric: a gain of at most "
+                   f"{1 - baseline[ADHERENCE.key]:.3f} is possible (< eval.min_headroom {min_headroom:g}), so the rubric "
+                   "cannot show one here; compare the answers, the distinct-answer rate and the judge instead")
+    return out
+
+
 def forgetting(baseline: dict, tuned: dict) -> tuple[list[str], list[str]]:
-    """(every forgetting signal the run measured, the ones that moved past their limit)."""
+    """(every forgetting signal the run measured, the ones that moved past their limit). An NLL that
+    rose while the checkable answers held is named a style shift, not lost ability."""
     signals, moved = [], []
+    still = tuned.get(STILL_ANSWERS.key)
+    held = still is not None and tuned.get(STILL_ANSWERS.gain_hi, 0.0) >= 0  # not clearly fewer right answers
     nll = tuned.get(ORDINARY_NLL_DELTA.key)
     if nll is not None:
         signals.append(f"ordinary-prompt NLL {nll:+.3f} nats/token (limit +{NLL_LIMIT})")
         if nll > NLL_LIMIT:
-            moved.append(f"ordinary-prompt NLL rose {nll:+.3f} nats/token")
+            moved.append(f"ordinary-prompt NLL rose {nll:+.3f} nats/token" + (
+                " while the checkable answers held: style, not lost ability" if held else ""))
+    if still is not None:
+        signals.append(f"checkable questions answered right {ci_text(tuned, STILL_ANSWERS.key)} vs the base's "
+                       f"{fmt(baseline.get(STILL_ANSWERS.key))}, change {ci_text(tuned, STILL_ANSWERS.gain, True)}")
+        if not held:
+            moved.append(f"checkable answers fell {ci_text(tuned, STILL_ANSWERS.gain, True)}: lost ability")
     drift = tuned.get(GENERAL_DRIFT_PCT.key)
     if drift is not None:
         signals.append(f"general held-out loss {drift:+.1f} % (limit +{DRIFT_LIMIT_PCT:g} %)")
@@ -96,18 +134,22 @@ def forgetting(baseline: dict, tuned: dict) -> tuple[list[str], list[str]]:
     return signals, moved
 
 
-def verdict(baseline: dict, tuned: dict) -> list[str]:
-    """The claim with its interval, then every forgetting signal, saying which one moved."""
+def verdict(baseline: dict, tuned: dict, min_headroom: float = 0.0) -> list[str]:
+    """The claim with its interval, its caveats, then every forgetting signal, saying which one moved."""
     if ADHERENCE.key not in tuned or ADHERENCE.key not in baseline:
         return ["No persona check was measured on both sides (set eval.persona_prompts)."]
-    claim = persona_claim(tuned)
+    claim = persona_claim(tuned, baseline, min_headroom)
     lines = [f"**The fine-tune {claim} the prompt-only baseline**: adherence {ci_text(tuned, ADHERENCE.key)} "
              f"vs {ci_text(baseline, ADHERENCE.key)}, gain {ci_text(tuned, ADHERENCE.gain, True)} "
              f"(95 % bootstrap intervals over prompts)."]
+    lines += ["", *[f"- {c[0].upper()}{c[1:]}." for c in persona_caveats(tuned, baseline, min_headroom)]]
     if MARKER_RATE.key in tuned:
         lines += ["", f"Answers with a persona marker: {ci_text(tuned, MARKER_RATE.key)} vs "
                       f"{ci_text(baseline, MARKER_RATE.key)}, gain "
                       f"{ci_text(tuned, MARKER_RATE.gain, True)}."]
+    if DUPLICATE_RATE.key in tuned:
+        lines += ["", f"Answers repeating another prompt's answer: {ci_text(tuned, DUPLICATE_RATE.key)} vs "
+                      f"{ci_text(baseline, DUPLICATE_RATE.key)}, change {ci_text(tuned, DUPLICATE_RATE.gain, True)}."]
     signals, moved = forgetting(baseline, tuned)
     if signals:
         state = "**moved**: " + "; ".join(moved) if moved else "small"
@@ -153,7 +195,7 @@ def training_sections(run_dir: Path, summary: dict, history: list[dict], baselin
         shown = lambda row, k: ci_text(row, k) if k + LO in row else fmt(row.get(k))  # noqa: E731
         md += [f"| {m.label} | {shown(baseline, m.key)} | {shown(tuned, m.key)} |" for m in HEADLINE
                if m.key in baseline or m.key in tuned]
-        md += ["", *verdict(baseline, tuned), ""]
+        md += ["", *verdict(baseline, tuned, summary.get("min_headroom", 0.0)), ""]
         pairs = side_by_side(run_dir, tuned["epoch"])
         if pairs:
             md += ["### Held-out persona prompts, side by side", ""]

@@ -15,7 +15,8 @@ from recipe_runner.evaluate import checks as checks_module
 from recipe_runner.evaluate.checker import Checker
 from recipe_runner.evaluate.checks import CHECKS, Check, Measured
 from recipe_runner.evaluate.metrics import (
-    ADHERENCE, BASELINE, BY_KEY, COPY_RATE, EVAL, METRICS, ORDINARY_NLL_DELTA, Better, Metric,
+    ADHERENCE, BASELINE, BY_KEY, COPY_RATE, DUPLICATE_RATE, EVAL, METRICS, ORDINARY_NLL_DELTA, STILL_ANSWERS, Better,
+    Metric,
 )
 
 from conftest import REPO  # noqa: E402
@@ -67,11 +68,13 @@ def test_every_check_reports_declared_metrics_and_interval_names_are_unique():
 def checker(monkeypatch):
     cfg = OmegaConf.structured(EvalConfig(
         persona_prompts=str(REPO / "data/alex/eval_prompts.jsonl"), dialogues=str(REPO / "data/alex/eval_dialogues.jsonl"),
-        ordinary_prompts=str(REPO / "data/eval/ordinary_prompts.jsonl"), max_prompts=6, max_dialogues=1, samples=2))
+        ordinary_prompts=str(REPO / "data/eval/ordinary_prompts.jsonl"), max_prompts=6, max_dialogues=1, samples=2,
+        still_answers=str(REPO / "data/eval/still_answers.jsonl"), max_still_answers=8))
     bible = load_bible(str(REPO / "data/alex/bible.yaml"))
     made = Checker(cfg, tokenizer=None, bible=bible, system="You are Alex.", train_answers=[TUNED] * 4)
     # canned greedy answers: the tuned model speaks as Alex, the base model as an assistant
-    monkeypatch.setattr(Checker, "gen", lambda self, model, convos, adapter: [TUNED if adapter else BASE] * len(convos))
+    monkeypatch.setattr(Checker, "gen", lambda self, model, convos, adapter, max_new_tokens=None:
+                        [TUNED if adapter else BASE] * len(convos))
     nll = lambda model, tok, convos, answers, batch_size, adapter=True: [2.5 if adapter else 2.0] * len(convos)  # noqa: E731
     monkeypatch.setattr(checker_module, "answer_nll", nll)
     monkeypatch.setattr(checks_module, "answer_nll", nll)
@@ -83,7 +86,7 @@ def test_checker_runs_the_list_and_adds_intervals_and_gains(checker):
     base, samples = checker.run(model=None, adapter=False)
     tuned, _ = checker.run(model=None, adapter=True)
     keys = [m.key for check in CHECKS for m in check.metrics if check.__name__ != "Judge"]  # eval.judge is off
-    with_ci = [m for check in CHECKS for m in check.metrics if m.interval]
+    with_ci = [m for check in CHECKS for m in check.metrics if m.interval and check.__name__ != "Judge"]
     assert set(base) == set(keys) | {k for m in with_ci for k in (m.lo, m.hi)}
     assert set(tuned) == set(base) | {k for m in with_ci for k in (m.gain, m.gain_lo, m.gain_hi)}
     assert list(tuned)[:5] == [m.key for m in CHECKS[0].metrics]  # the checks' order is summary.json's
@@ -93,6 +96,9 @@ def test_checker_runs_the_list_and_adds_intervals_and_gains(checker):
     assert tuned[COPY_RATE.key] == 1.0 and base[COPY_RATE.key] == 0.0  # the tuned model says a training answer
     assert checker.items[ADHERENCE.name] == [1.0] * 6 and checker.base_items[ADHERENCE.name] == [0.5] * 6
     assert [s["set"] for s in samples] == ["persona", "persona", "ordinary", "ordinary"]
+    # canned: one answer to every prompt, on both sides: templated, and no checkable question answered
+    assert tuned[DUPLICATE_RATE.key] == base[DUPLICATE_RATE.key] == 1.0 and tuned[DUPLICATE_RATE.gain] == 0.0
+    assert tuned[STILL_ANSWERS.key] == 0.0 and len(checker.items[STILL_ANSWERS.name]) == 8
 
 
 def test_a_new_check_is_one_class_and_one_entry_in_the_list(checker, monkeypatch):

@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""How many still-answers questions the base model gets right: calibrates data/eval/still_answers.jsonl.
+
+    python scripts/still_answers_base.py                 # accuracy overall, per language, per kind
+    python scripts/still_answers_base.py --show wrong    # also every question it got wrong, with its answer
+
+The set exists to catch a fine-tune destroying knowledge the base model has, so the base model must
+get a fair share right (target 40-75 %): too hard and there is nothing to lose, too easy and a
+wrong answer is no signal. Greedy decoding, 32 new tokens, no system prompt, batches of 16, float32
+on the CPU: the same answers on every run.
+
+Measured (129 questions, 2 CPU cores): 54.3 % right [45.7, 62.8]; English 70.7 % [59.8, 80.5],
+Russian 25.5 % [12.8, 38.3] (arithmetic 11/14, everything else 1/33: the 135M model echoes Russian
+questions back). ~50-60 s on 2 idle cores (2.5 s of it loading); with other jobs on the same cores
+torch's threads contend and the same run took up to 10 min.
+"""
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from recipe_runner.evaluate.answer_match import accuracy_items, load_still_answers  # noqa: E402
+from recipe_runner.evaluate.intervals import interval  # noqa: E402
+from recipe_runner.model.embedded import resolve_model_path  # noqa: E402
+
+
+def answer_all(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                 for p in chunk]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out += [tok.decode(ids, skip_special_tokens=True).strip() for ids in gen[:, enc["input_ids"].shape[1]:]]
+    return out
+
+
+def line(name: str, items: list[float]) -> str:
+    mean, low, high = interval(items)
+    return f"  {name:<12} {mean:6.1%}  [{low:5.1%}, {high:5.1%}]  n={len(items)}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--questions", default="data/eval/still_answers.jsonl")
+    ap.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
+    ap.add_argument("--cache-dir", default="~/.cache/recipe-runner")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--show", choices=["none", "wrong", "all"], default="none")
+    args = ap.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    questions = load_still_answers(args.questions, "--questions")
+    path = resolve_model_path(args.model, args.cache_dir)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    loaded = time.perf_counter()
+    answers = answer_all(model, tok, [q["prompt"] for q in questions], args.max_new_tokens, args.batch_size)
+    items = accuracy_items(answers, questions)
+    end = time.perf_counter()
+
+    by_lang, by_kind = defaultdict(list), defaultdict(list)
+    for q, x in zip(questions, items):
+        by_lang[q.get("lang", "?")].append(x)
+        by_kind[(q.get("lang", "?"), q.get("kind", "?"))].append(x)
+        by_kind[("all", q.get("kind", "?"))].append(x)
+    if args.show != "none":
+        for q, a, x in zip(questions, answers, items):
+            if args.show == "all" or not x:
+                print(f"{'ok ' if x else 'NO '} {q.get('id', '')}: {q['prompt']}  ->  {' '.join(a.split())[:140]}")
+        print()
+    print(f"{args.model}: {len(questions)} questions, greedy, {args.max_new_tokens} new tokens")
+    print(line("overall", items))
+    for lang in sorted(by_lang):
+        print(line(lang, by_lang[lang]))
+    for (lang, kind) in sorted(by_kind, key=lambda k: (k[0] != "all", k)):
+        print(line(f"{lang}/{kind}", by_kind[(lang, kind)]))
+    print(f"wall time {end - start:.1f} s: model load {loaded - start:.1f} s, generation {end - loaded:.1f} s "
+          f"({torch.get_num_threads()} threads)")
+
+
+if __name__ == "__main__":
+    main()
