@@ -152,14 +152,14 @@ def test_a_judge_the_user_configures_works_end_to_end_and_its_key_is_written_now
     out, cache = tmp_path / "out", tmp_path / "cache"
     with judge_endpoint() as (url, seen):
         args = tiny_overrides(tiny_model, tiny_data, out, "train.max_epochs=1", "eval.max_prompts=2",
-                              "eval.max_dialogues=0", "eval.max_new_tokens=4", f"paths.cache_dir={cache}",
-                              f"eval.judge.base_url={url}")
+                              "eval.max_dialogues=1", "eval.max_new_tokens=4", f"paths.cache_dir={cache}",
+                              f"eval.judge.base_url={url}", "eval.judge.max_calls=6")
         res = run_cli(*args, env={"MY_JUDGE_KEY": SECRET, "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert len(seen) == 4 and {auth for _, auth, _ in seen} == {f"Bearer {SECRET}"}  # baseline + epoch 0, 2 each
     run = next(out.glob("runs/*/*"))
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["checks_last"]["persona/judge"] is not None
+    calls = [summary[side]["judge/calls"] for side in ("baseline", "checks_last")]  # the budget: 6 each at most
+    assert 0 < len(seen) == sum(calls) <= 12 and {auth for _, auth, _ in seen} == {f"Bearer {SECRET}"}
     assert list(run.glob("wandb/offline-run-*/run-*.wandb"))  # W&B wrote its files ...
     assert files_holding(out, SECRET) == [] and files_holding(cache, SECRET) == []  # ... and no file holds the key
     assert "MY_JUDGE_KEY" in (run / ".hydra" / "config.yaml").read_text()  # the variable's name, not its value

@@ -1,5 +1,6 @@
 """From one process to many: DDP and FSDP on CPU (gloo), submitit's local executor, parallel local jobs."""
 
+import csv
 import json
 import threading
 
@@ -87,12 +88,15 @@ def test_fsdp_shards_qlora_over_two_cpu_processes_and_trains_exactly_what_ddp_tr
                               # KL on: its reference forward runs only for rows with general tokens, so a
                               # rank without any must still run it in lockstep (it hung here once)
                               "train.kl_to_base=1.0",
-                              "eval.judge.enabled=true", f"eval.judge.base_url={url}")
+                              "eval.judge.enabled=true", f"eval.judge.base_url={url}",
+                              "eval.max_dialogues=1", "eval.judge.max_calls=4")  # a conversation: calls on every side
         res = run_cli("-m", *args, env={"OPENAI_API_KEY": "sk-test"})
     assert res.returncode == 0, res.stderr[-3000:]
-    # every fsdp rank generates, only rank 0 asks the judge: (baseline + 2 epochs) x 2 persona prompts per job
-    assert len(judged) == 2 * 3 * 2
     ddp, fsdp = sorted(p for p in tmp_path.glob("sweeps/*/*/*") if p.is_dir())
+    # every fsdp rank generates, only rank 0 asks the judge: the calls made are the calls counted once
+    counted = [float(r["judge/calls"]) for job in (ddp, fsdp) for r in csv.DictReader(open(job / "checks.csv"))]
+    counted += [json.loads((job / "baseline.json").read_text())["checks"]["judge/calls"] for job in (ddp, fsdp)]
+    assert len(judged) == sum(counted) > 0
     assert fsdp.name == "1_train.strategy=fsdp"
     s_ddp, s = (json.loads((j / "summary.json").read_text()) for j in (ddp, fsdp))
     assert s["strategy"] == "fsdp" and s["world_size"] == 2 and (fsdp / "train_ddp_process_1.log").exists()

@@ -13,6 +13,9 @@ Only the rows the run uses are regenerated: the held-out rows (general drift is 
 them) and every row the mix draws over train.max_epochs (data/prepare.py `distilled` re-mixes
 with the new lengths until every drawn row is the base's).
 
+Sampled answers (data.rewrite.temperature > 0) are seeded per batch: the same run gives the same
+answers, a resumed one may sample its remaining rows differently.
+
 Cached: one append-only JSONL file per settings key, cache_dir/rewrite/<key>.jsonl, one line per
 row, written as each batch finishes, so a killed run resumes where it stopped and a second run
 generates nothing. The settings key is the base's weights (sha256, quantization, dtype), the chat
@@ -209,15 +212,16 @@ class Rewriter:
                           f"{Quant(self.cfg.model.quant).value}, {str(dtype).removeprefix('torch.')}) to "
                           "regenerate general answers", highlight=False)
             quantized = Quant(self.cfg.model.quant) is not Quant.none  # bitsandbytes places 4-bit weights itself
-            model = load_base(self.cfg.model, self.model_path, dtype, {"": 0} if self.on_gpu else None)
-            self._model = (model if quantized else model.to("cuda" if self.on_gpu else "cpu")).eval()
+            gpu = int(os.environ.get("LOCAL_RANK", 0))  # each rank of a multi-GPU run on its own device
+            model = load_base(self.cfg.model, self.model_path, dtype, {"": gpu} if self.on_gpu else None)
+            self._model = (model if quantized else model.to(f"cuda:{gpu}" if self.on_gpu else "cpu")).eval()
         return self._model
 
     def generate(self, name: str, examples: list[dict], keys: list[str], tally: Tally) -> None:
         """Regenerate the rows, shortest first, a batch at a time; each finished batch goes to the store."""
         rw = self.cfg.data.rewrite
         order = sorted(range(len(examples)), key=lambda i: sum(len(m["content"]) for m in examples[i]["messages"]))
-        progress = Progress(f"rewrite {name}", len(examples))
+        progress = Progress(name, len(examples))
         for start in range(0, len(order), rw.batch_size):
             chunk = [examples[i] for i in order[start : start + rw.batch_size]]
             answers = self.answer_turns(chunk, tally, start)
@@ -284,7 +288,8 @@ class Progress:
     def __init__(self, what: str, total: int):
         self.what, self.total, self.done = what, total, 0
         self.started = self.last = time.perf_counter()
-        self.bar = tqdm(total=total, desc=what, unit=" rows", dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.bar = tqdm(total=total, desc=f"rewrite {what}", unit=" rows", dynamic_ncols=True) if sys.stderr.isatty() \
+            else None
         if self.bar is None:
             console.print(f"rewrite        {what}: {total} rows to generate", highlight=False)
 

@@ -95,7 +95,8 @@ class EvalChecks(L.Callback):
             took = ", ".join(f"{k} {v:.0f} s" for k, v in self.checker.seconds.items())
             talks = len(sets.dialogues)
             console.print(f"evaluation     {what}: {len(sets.persona)} persona prompts, {talks} "
-                          f"conversation{'' if talks == 1 else 's'}, {len(sets.ordinary)} ordinary prompts" +
+                          f"conversation{'' if talks == 1 else 's'}, {len(sets.ordinary)} ordinary prompts, "
+                          f"{len(sets.still)} checkable questions" +
                           (f" ... {time.perf_counter() - started:.0f} s ({took})" if started else " ..."), markup=False)
 
     def on_fit_start(self, trainer, pl_module):
