@@ -176,9 +176,9 @@ def eval_problems(cfg: DictConfig) -> list[str]:
             out.append(f"eval.{key}: {e[key]} does not exist")
     if e.every_n_epochs < 1:
         out.append(f"eval.every_n_epochs={e.every_n_epochs}: must be >= 1")
-    if not 0 <= e.min_headroom < 1 or e.still_answers_tokens < 1:
+    if not 0 <= e.min_headroom < 1 or e.still_answers_tokens < 1 or e.still_answers_batch < 1:
         out.append(f"eval.min_headroom={e.min_headroom:g} must be in [0, 1), eval.still_answers_tokens="
-                   f"{e.still_answers_tokens} >= 1")
+                   f"{e.still_answers_tokens} and eval.still_answers_batch={e.still_answers_batch} >= 1")
     if e.select.metric not in ("combined", cfg.train.early_stopping.monitor):
         out.append(f"eval.select.metric={e.select.metric!r}: use combined or the early-stopping monitor "
                    f"({cfg.train.early_stopping.monitor})")

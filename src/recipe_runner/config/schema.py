@@ -194,6 +194,7 @@ class EvalConfig:
     still_answers: Optional[str] = "data/eval/still_answers.jsonl"  # everyday questions with checkable answers (lost ability vs style)
     max_still_answers: Optional[int] = None  # questions asked per evaluation (null = all; budget)
     still_answers_tokens: int = 24  # new tokens per answer to a checkable question
+    still_answers_batch: int = 32  # checkable questions generated together (short prompts: a wide batch is cheap)
     min_headroom: float = 0.15  # below this much room above the baseline's adherence the rubric cannot show a gain
     persona_prompts: Optional[str] = None  # held-out persona prompts, never in the training data
     dialogues: Optional[str] = None  # scripted multi-turn conversations (8+ user turns) for drift

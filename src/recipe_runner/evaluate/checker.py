@@ -86,9 +86,10 @@ class Checker:
 
     # ------------------------------------------------------------------ building blocks
 
-    def gen(self, model, convos: list[list[dict]], adapter: bool, max_new_tokens: int | None = None) -> list[str]:
-        return generate(model, self.tok, convos, max_new_tokens or self.cfg.max_new_tokens, self.cfg.batch_size,
-                        adapter, repetition_penalty=self.cfg.repetition_penalty)
+    def gen(self, model, convos: list[list[dict]], adapter: bool, max_new_tokens: int | None = None,
+            batch_size: int | None = None) -> list[str]:
+        return generate(model, self.tok, convos, max_new_tokens or self.cfg.max_new_tokens,
+                        batch_size or self.cfg.batch_size, adapter, repetition_penalty=self.cfg.repetition_penalty)
 
     def conversations(self, model, system: str | None, adapter: bool) -> list[list[str]]:
         """Reply turn by turn to every scripted conversation, all conversations batched per turn."""
@@ -109,7 +110,7 @@ class Checker:
         if not self.sets.still:
             return []
         return self.gen(model, [user(q["prompt"], None) for q in self.sets.still], adapter,
-                        max_new_tokens=self.cfg.still_answers_tokens)
+                        max_new_tokens=self.cfg.still_answers_tokens, batch_size=self.cfg.still_answers_batch)
 
     def base_reference(self, model) -> Reference:
         convos = [user(p, None) for p in self.sets.ordinary]
