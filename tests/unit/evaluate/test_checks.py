@@ -73,7 +73,7 @@ def checker(monkeypatch):
     bible = load_bible(str(REPO / "data/alex/bible.yaml"))
     made = Checker(cfg, tokenizer=None, bible=bible, system="You are Alex.", train_answers=[TUNED] * 4)
     # canned greedy answers: the tuned model speaks as Alex, the base model as an assistant
-    monkeypatch.setattr(Checker, "gen", lambda self, model, convos, adapter, max_new_tokens=None, batch_size=None:
+    monkeypatch.setattr(Checker, "gen", lambda self, model, convos, adapter, max_new_tokens=None, batch_size=None, repetition_penalty=None:
                         [TUNED if adapter else BASE] * len(convos))
     nll = lambda model, tok, convos, answers, batch_size, adapter=True: [2.5 if adapter else 2.0] * len(convos)  # noqa: E731
     monkeypatch.setattr(checker_module, "answer_nll", nll)
