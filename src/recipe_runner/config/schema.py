@@ -192,7 +192,7 @@ class EvalConfig:
     every_n_epochs: int = 1  # generation checks every N epochs (the baseline runs once, before training)
     ordinary_prompts: Optional[str] = "data/eval/ordinary_prompts.jsonl"  # everyday prompts (forgetting, distinct answers)
     still_answers: Optional[str] = "data/eval/still_answers.jsonl"  # everyday questions with checkable answers (lost ability vs style)
-    max_still_answers: Optional[int] = None  # questions asked per evaluation (null = all; budget)
+    max_still_answers: Optional[int] = None  # questions asked per evaluation, evenly spaced over the file (null = all; budget)
     still_answers_tokens: int = 24  # new tokens per answer to a checkable question
     still_answers_batch: int = 32  # checkable questions generated together (short prompts: a wide batch is cheap)
     min_headroom: float = 0.15  # below this much room above the baseline's adherence the rubric cannot show a gain

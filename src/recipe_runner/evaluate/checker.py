@@ -48,12 +48,19 @@ class EvalSets:
         if ecfg.ordinary_prompts:
             sets.ordinary = read_jsonl(ecfg.ordinary_prompts, "eval.ordinary_prompts", "prompt")[: ecfg.max_prompts]
         if ecfg.still_answers:
-            sets.still = load_still_answers(ecfg.still_answers, "eval.still_answers")[: ecfg.max_still_answers]
+            sets.still = spread(load_still_answers(ecfg.still_answers, "eval.still_answers"), ecfg.max_still_answers)
         if ecfg.persona_prompts:
             sets.persona = read_jsonl(ecfg.persona_prompts, "eval.persona_prompts", "prompt")[: ecfg.max_prompts]
         if ecfg.dialogues:
             sets.dialogues = read_jsonl(ecfg.dialogues, "eval.dialogues", "turns")[: ecfg.max_dialogues]
         return sets
+
+
+def spread(items: list, n: int | None) -> list:
+    """n items evenly spaced over the list (every language and kind of a sorted file), or all of them."""
+    if n is None or n >= len(items):
+        return items
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 @dataclass

@@ -120,3 +120,9 @@ def test_a_new_check_is_one_class_and_one_entry_in_the_list(checker, monkeypatch
     tuned, _ = made.run(model=None, adapter=True)
     assert base[exclaims.key] == 1.0 and base[exclaims.lo] == base[exclaims.hi] == 1.0
     assert tuned[exclaims.key] == 0.0 and tuned[exclaims.gain] == -1.0
+
+
+def test_a_question_budget_is_spread_over_the_whole_file():
+    from recipe_runner.evaluate.checker import spread
+
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7] and spread([1, 2], None) == [1, 2] and spread([1], 5) == [1]
