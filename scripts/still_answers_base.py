@@ -3,16 +3,22 @@
 
     python scripts/still_answers_base.py                 # accuracy overall, per language, per kind
     python scripts/still_answers_base.py --show wrong    # also every question it got wrong, with its answer
+    python scripts/still_answers_base.py --adapter outputs/runs/R/T/adapters/best   # tuned vs base, paired
+
+With --adapter the same questions are answered by the base and by base + adapter (peft, adapter
+switched off for the base), and the change is a paired 95 % interval over all the questions: a run
+checks a cut of them (eval.max_still_answers), this checks every one.
 
 The set exists to catch a fine-tune destroying knowledge the base model has, so the base model must
 get a fair share right (target 40-75 %): too hard and there is nothing to lose, too easy and a
-wrong answer is no signal. Greedy decoding, 32 new tokens, no system prompt, batches of 16, float32
-on the CPU: the same answers on every run.
+wrong answer is no signal. Greedy decoding, no system prompt, the run's own lengths and batches
+(eval.still_answers_tokens, eval.still_answers_batch), float32 on the CPU: the same answers on every run.
 
-Measured (129 questions, 2 CPU cores): 54.3 % right [45.7, 62.8]; English 70.7 % [59.8, 80.5],
-Russian 25.5 % [12.8, 38.3] (arithmetic 11/14, everything else 1/33: the 135M model echoes Russian
-questions back). ~50-60 s on 2 idle cores (2.5 s of it loading); with other jobs on the same cores
-torch's threads contend and the same run took up to 10 min.
+Measured (129 questions, 2 CPU cores, 24 new tokens): 51.9 % right [43.4, 60.5]; English 67.1 %
+[56.1, 76.8], Russian 25.5 % [12.8, 38.3] (nearly all of it arithmetic: the 135M model echoes other
+Russian questions back; at 32 tokens 54.3 %, arithmetic 11/14, everything else 1/33). ~50-70 s on 2
+idle cores (2.5 s of it loading), twice that with --adapter; with other jobs on the same cores torch's
+threads contend and the same run took up to 10 min.
 """
 
 import argparse
@@ -25,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from recipe_runner.evaluate.answer_match import accuracy_items, load_still_answers  # noqa: E402
-from recipe_runner.evaluate.intervals import interval  # noqa: E402
+from recipe_runner.config.schema import EvalConfig  # noqa: E402
+from recipe_runner.evaluate.intervals import interval, paired_gain  # noqa: E402
 from recipe_runner.model.embedded import resolve_model_path  # noqa: E402
 
 
@@ -52,8 +59,9 @@ def main() -> None:
     ap.add_argument("--questions", default="data/eval/still_answers.jsonl")
     ap.add_argument("--model", default="embedded:SmolLM2-135M-Instruct")
     ap.add_argument("--cache-dir", default="~/.cache/recipe-runner")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=EvalConfig.still_answers_tokens)
+    ap.add_argument("--batch-size", type=int, default=EvalConfig.still_answers_batch)
+    ap.add_argument("--adapter", help="a LoRA adapter folder: also answer with it and report the paired change")
     ap.add_argument("--show", choices=["none", "wrong", "all"], default="none")
     args = ap.parse_args()
 
@@ -66,7 +74,14 @@ def main() -> None:
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     loaded = time.perf_counter()
-    answers = answer_all(model, tok, [q["prompt"] for q in questions], args.max_new_tokens, args.batch_size)
+    prompts = [q["prompt"] for q in questions]
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).eval()
+        with model.disable_adapter():
+            base_items = accuracy_items(answer_all(model, tok, prompts, args.max_new_tokens, args.batch_size), questions)
+    answers = answer_all(model, tok, prompts, args.max_new_tokens, args.batch_size)
     items = accuracy_items(answers, questions)
     end = time.perf_counter()
 
@@ -80,10 +95,17 @@ def main() -> None:
             if args.show == "all" or not x:
                 print(f"{'ok ' if x else 'NO '} {q.get('id', '')}: {q['prompt']}  ->  {' '.join(a.split())[:140]}")
         print()
-    print(f"{args.model}: {len(questions)} questions, greedy, {args.max_new_tokens} new tokens")
+    print(f"{args.model}{' + ' + args.adapter if args.adapter else ''}: {len(questions)} questions, greedy, "
+          f"{args.max_new_tokens} new tokens")
     print(line("overall", items))
+    if args.adapter:
+        print(line("base", base_items))
+        change, low, high = paired_gain(items, base_items)
+        print(f"  {'change':<12} {change:+6.1%}  [{low:+5.1%}, {high:+5.1%}]  (adapter - base, paired)")
     for lang in sorted(by_lang):
         print(line(lang, by_lang[lang]))
+        if args.adapter:  # where the change is: the base's own accuracy beside each language
+            print(line(f"{lang} (base)", [x for x, q in zip(base_items, questions) if q.get("lang", "?") == lang]))
     for (lang, kind) in sorted(by_kind, key=lambda k: (k[0] != "all", k)):
         print(line(f"{lang}/{kind}", by_kind[(lang, kind)]))
     print(f"wall time {end - start:.1f} s: model load {loaded - start:.1f} s, generation {end - loaded:.1f} s "

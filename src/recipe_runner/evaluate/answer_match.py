@@ -14,12 +14,12 @@ when one accepted form occurs in it as whole words after normalising both (`norm
 "The capital of France is Paris." matches "paris"; "120" and "312" do not match "12". There is no
 stemming or fuzzy matching: inflected forms that count are the ones the data lists.
 
-Measured on the base model (SmolLM2-135M-Instruct, greedy, 32 new tokens, no system prompt;
-scripts/still_answers_base.py): 54 % right overall (95 % bootstrap interval 46-63 %, 129 items),
-English 71 % (60-81 %), Russian 26 % (13-38 %). The Russian part is almost all arithmetic written
-with digits (11 of 14 right): the 135M model echoes the other Russian questions instead of
-answering them (1 of 33 right, "1 км = сколько метров?"), so there only a base that answers
-Russian can show a loss. A tuned model
+Measured on the base model (SmolLM2-135M-Instruct, greedy, the run's 24 new tokens, no system
+prompt; scripts/still_answers_base.py): 52 % right overall (95 % bootstrap interval 43-61 %, 129
+items), English 67 % (56-77 %), Russian 26 % (13-38 %). The Russian part is almost all arithmetic
+written with digits (11 of 14 right at 32 tokens): the 135M model echoes the other Russian
+questions instead of answering them (1 of 33 right, "1 км = сколько метров?"), and a tuned model
+that echoes a little more loses the arithmetic first (Falstaff: 25.5 % -> 14.9 %). A tuned model
 whose accuracy falls outside the paired interval has lost ability; an NLL rise with accuracy
 unchanged is style. Matching is lenient in one direction: a wrong answer that also names the
 right one counts ("one gram is equal to 1000 grams" for a kilogram; ~1 in 70 of the base's hits).

@@ -234,7 +234,8 @@ class EvalChecks(L.Callback):
                 "checks_last": self.history[-1] if self.history else {},
                 "checks_best": next((r for r in self.history if r["epoch"] == best_epoch), {}),
                 "eval_seconds": self.seconds,
-                "min_headroom": self.cfg.min_headroom}  # the verdict's: a baseline this near the rubric's top
+                "min_headroom": self.cfg.min_headroom,  # the verdict's: a baseline this near the rubric's top
+                "data_adherence": self.checker.data_adherence}  # ... or this near what the niche data itself scores
 
     def write_outputs(self) -> None:
         """checks.csv and baseline.json; called by the runner after fit (and any final validate)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from recipe_runner.console import console
 from recipe_runner.evaluate.metrics import ADHERENCE, DUPLICATE_RATE, MARKER_RATE
 from recipe_runner.report.run_report import (
-    cell, ci_text, fmt, forgetting, persona_caveats, persona_claim, side_by_side,
+    cell, ci_text, fmt, forgetting, persona_caveats, persona_claim, rubric_top, side_by_side,
 )
 from recipe_runner.stages import load, stage_named
 
@@ -63,11 +63,11 @@ def train_lines(run_dir: Path, s: dict) -> None:
                   (f", {s['peak_cuda_mb']:.0f} MB CUDA" if s.get("peak_cuda_mb") else ""))
     last, base = s.get("checks_best") or s.get("checks_last") or {}, s.get("baseline") or {}
     if ADHERENCE.key in last and ADHERENCE.key in base:
-        headroom = s.get("min_headroom", 0.0)
-        console.print(f"persona        epoch {last['epoch']} {persona_claim(last, base, headroom)} the prompt-only "
+        headroom, top = s.get("min_headroom", 0.0), rubric_top(s.get("data_adherence"))
+        console.print(f"persona        epoch {last['epoch']} {persona_claim(last, base, headroom, top)} the prompt-only "
                       f"baseline: adherence {ci_text(last, ADHERENCE.key)} vs {ci_text(base, ADHERENCE.key)}, gain "
                       f"{ci_text(last, ADHERENCE.gain, True)} (95 % intervals over prompts)", markup=False)
-        for caveat in persona_caveats(last, base, headroom):
+        for caveat in persona_caveats(last, base, headroom, top):
             console.print(f"  but          {caveat}", markup=False)
     if MARKER_RATE.key in last and MARKER_RATE.key in base:
         console.print(f"markers        {ci_text(last, MARKER_RATE.key)} of answers vs "
@@ -79,10 +79,12 @@ def train_lines(run_dir: Path, s: dict) -> None:
     if signals:
         console.print(f"forgetting     {'MOVED: ' + '; '.join(moved) if moved else 'small'}; measured: {'; '.join(signals)}",
                       markup=False)
+    # the NLL is the signal another model's answers move (Falstaff on dolly: +0.254 vs +0.033 rewritten)
+    nll = next((x for x in signals if x.startswith("ordinary-prompt NLL")), "not measured")
     for name in [n for n, by in (s.get("general_answers") or {}).items() if by == "source"]:
         console.print(f"general data   {name} is not in the base model's words, so forgetting also measures the pull "
-                      f"toward its style ({'; '.join(signals) or 'not measured'}); to train on the base's own "
-                      f"answers to its prompts: data.sources.{name}.answers=base", markup=False)
+                      f"toward its style ({nll}); to train on the base's own answers to its prompts: "
+                      f"data.sources.{name}.answers=base", markup=False)
     for prompt, before, after in side_by_side(run_dir, last.get("epoch")):  # hear the difference
         console.print(f"held-out       {cell(prompt)}", markup=False)
         console.print(f"  baseline     {cell(before)}", markup=False)

@@ -69,3 +69,27 @@ def test_each_stage_prints_its_own_closing_lines(tmp_path):
                       "best_score": 1.5, "trained_tokens": 1000, "supervised_tokens": 100, "tokens_per_second": 50.0,
                       "peak_rss_mb": 900.0, "wall_seconds": 10}, tmp_path)
     assert "best adapter   a/b  (epoch 2, val/loss = 1.500)" in out and "wall time      10 s" in out
+
+
+def test_train_closing_lines_name_the_data_ceiling_and_a_general_source_in_another_models_words(tmp_path):
+    from recipe_runner.evaluate.metrics import ADHERENCE, ORDINARY_NLL_DELTA
+
+    # Falstaff's raw lines, measured: his answers 0.82 on his bible, the baseline 0.73, dolly's own answers
+    tuned = {"epoch": 1, ADHERENCE.key: 0.806, ADHERENCE.gain: 0.076, ADHERENCE.gain_lo: -0.0, ADHERENCE.gain_hi: 0.153,
+             ORDINARY_NLL_DELTA.key: 0.254}
+    out = closing_of({"stage": "train", "best_adapter": "a/b", "best_epoch": 1, "monitor": "eval/combined",
+                      "best_score": 0.0, "trained_tokens": 1000, "supervised_tokens": 100, "tokens_per_second": 50.0,
+                      "peak_rss_mb": 900.0, "wall_seconds": 10, "checks_best": tuned, "baseline": {ADHERENCE.key: 0.729},
+                      "min_headroom": 0.15, "data_adherence": 0.824, "general_answers": {"dolly": "source"}}, tmp_path)
+    assert "epoch 1 cannot be told apart by the rubric from the prompt-only baseline" in out
+    assert "the niche data's own answers 0.824" in out and "gains at most +0.095" in out
+    general = next(line for line in out.splitlines() if line.startswith("general data"))
+    assert "dolly is not in the base model's words" in general and "+0.254 nats/token" in general
+    assert general.endswith("data.sources.dolly.answers=base")
+    # the same numbers with data that carries the voice: a claim by the interval, no caveat
+    out = closing_of({"stage": "train", "best_adapter": "a/b", "best_epoch": 1, "monitor": "eval/combined",
+                      "best_score": 0.0, "trained_tokens": 1000, "supervised_tokens": 100, "tokens_per_second": 50.0,
+                      "peak_rss_mb": 900.0, "wall_seconds": 10, "checks_best": tuned, "baseline": {ADHERENCE.key: 0.729},
+                      "min_headroom": 0.15, "data_adherence": 0.98, "general_answers": {"dolly": "base"}}, tmp_path)
+    assert "is indistinguishable from the prompt-only baseline" in out
+    assert "niche data's own" not in out and "general data" not in out
