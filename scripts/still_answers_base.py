@@ -49,9 +49,11 @@ def answer_all(model, tok, prompts: list[str], max_new_tokens: int, batch_size: 
     return out
 
 
-def line(name: str, items: list[float]) -> str:
+def line(name: str, items: list[float], base: list[float] | None = None) -> str:
+    """One group's accuracy with its interval; with an adapter, the base's on the same questions beside it."""
     mean, low, high = interval(items)
-    return f"  {name:<12} {mean:6.1%}  [{low:5.1%}, {high:5.1%}]  n={len(items)}"
+    out = f"  {name:<14} {mean:6.1%}  [{low:5.1%}, {high:5.1%}]  n={len(items)}"
+    return out + (f"   base {sum(base) / len(base):6.1%}" if base else "")
 
 
 def main() -> None:
@@ -85,15 +87,19 @@ def main() -> None:
     items = accuracy_items(answers, questions)
     end = time.perf_counter()
 
-    by_lang, by_kind = defaultdict(list), defaultdict(list)
-    for q, x in zip(questions, items):
-        by_lang[q.get("lang", "?")].append(x)
-        by_kind[(q.get("lang", "?"), q.get("kind", "?"))].append(x)
-        by_kind[("all", q.get("kind", "?"))].append(x)
+    by_lang, by_kind = defaultdict(list), defaultdict(list)  # group -> indices of its questions
+    for i, q in enumerate(questions):
+        by_lang[q.get("lang", "?")].append(i)
+        by_kind[(q.get("lang", "?"), q.get("kind", "?"))].append(i)
+        by_kind[("all", q.get("kind", "?"))].append(i)
+
+    def group(label: str, idx: list[int]) -> str:
+        return line(label, [items[i] for i in idx], [base_items[i] for i in idx] if args.adapter else None)
     if args.show != "none":
-        for q, a, x in zip(questions, answers, items):
+        for i, (q, a, x) in enumerate(zip(questions, answers, items)):
             if args.show == "all" or not x:
-                print(f"{'ok ' if x else 'NO '} {q.get('id', '')}: {q['prompt']}  ->  {' '.join(a.split())[:140]}")
+                was = ("" if not args.adapter else "  (base: right)" if base_items[i] else "  (base: wrong)")
+                print(f"{'ok ' if x else 'NO '} {q.get('id', '')}: {q['prompt']}  ->  {' '.join(a.split())[:140]}{was}")
         print()
     print(f"{args.model}{' + ' + args.adapter if args.adapter else ''}: {len(questions)} questions, greedy, "
           f"{args.max_new_tokens} new tokens")
@@ -103,11 +109,9 @@ def main() -> None:
         change, low, high = paired_gain(items, base_items)
         print(f"  {'change':<12} {change:+6.1%}  [{low:+5.1%}, {high:+5.1%}]  (adapter - base, paired)")
     for lang in sorted(by_lang):
-        print(line(lang, by_lang[lang]))
-        if args.adapter:  # where the change is: the base's own accuracy beside each language
-            print(line(f"{lang} (base)", [x for x, q in zip(base_items, questions) if q.get("lang", "?") == lang]))
+        print(group(lang, by_lang[lang]))
     for (lang, kind) in sorted(by_kind, key=lambda k: (k[0] != "all", k)):
-        print(line(f"{lang}/{kind}", by_kind[(lang, kind)]))
+        print(group(f"{lang}/{kind}", by_kind[(lang, kind)]))
     print(f"wall time {end - start:.1f} s: model load {loaded - start:.1f} s, generation {end - loaded:.1f} s "
           f"({torch.get_num_threads()} threads)")
 
