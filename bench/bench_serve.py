@@ -1,27 +1,26 @@
-"""Serving benchmark: our `stage=serve` against `transformers serve` on the same weights.
+"""Serving benchmark: our `stage=serve` on each engine, the bare engine, and `transformers serve`.
 
-    python bench/bench_serve.py --adapter <adapter folder | run folder> [--clients 4] [--seconds 30]
-        [--max-tokens 32] [--max-concurrent 1] [--threads 1] [--only ours|transformers] [--json out.json]
+    python bench/bench_serve.py --adapter <run or adapter> [--adapter <another, same base>]
+        [--servers ours-1,ours-batched,ours-llamacpp,llama-server,transformers-serve] [--clients 1,4]
+        [--seconds 30] [--max-tokens 64] [--max-concurrent 4] [--threads N] [--gguf-type q8_0] [--json F]
 
-1. Weights. Ours loads the base and puts the adapter on it (peft, as stage=serve always does).
-   `transformers serve` serves one model folder, so the adapter is merged into its base here
-   (peft merge_and_unload, float32) into a temp folder, with the base's tokenizer carrying the
-   card's chat template: the same function, computed the other way.
-2. Servers, one after the other (never both at once on a small machine): each a subprocess on a
-   free port with OMP_NUM_THREADS=--threads, polled until /v1/models answers.
-     ours          python run.py stage=serve adapter=<folder> serve.max_concurrent=<--max-concurrent>
-                   serve.max_queue=<clients> sampling.repetition_penalty=1.0 (plain greedy, as theirs)
-     transformers  transformers serve <merged folder> --device cpu --dtype float32 (no continuous
-                   batching: it runs one generation at a time, as ours does at max_concurrent=1)
-3. Load. --clients threads, each with its own HTTP connection (httpx), send non-streaming chat
-   requests back to back for --seconds: the persona's system prompt + one of PROMPTS (round robin),
-   max_tokens=--max-tokens, temperature 0. Requests started before the deadline are waited for and
-   counted; the rate is over the time until the last one ends.
-4. Table: requests/s, p50 and p95 latency, completion tokens/s (the servers' usage), errors, and
-   the CPU other processes used meanwhile (machine busy time minus the server's and ours: on a
-   shared machine the figures are only as good as that column is near 0). Then ours/transformers.
-   Before the load, each server answers PROMPTS[:4] once; the replies are compared (greedy on
-   the adapter vs on the merged weights: float rounding may flip a token late in a reply).
+Servers, one after the other (never two at once on a small machine), each a subprocess on a free
+port with OMP_NUM_THREADS=--threads, polled until /v1/models answers:
+  ours-1              stage=serve, serve.engine=transformers, serve.max_concurrent=1: one generation at a time
+  ours-batched        the same at serve.max_concurrent=--max-concurrent: concurrent requests in one batch
+  ours-llamacpp       serve.engine=llamacpp: llama-server with the base GGUF (--gguf-type) and every
+                      adapter's GGUF LoRA, behind our front (persona prompt, template, limits, counts)
+  llama-server        the bare engine: the same files, its own OpenAI endpoint and chat template, the
+                      persona by the request's `lora` field, the client sending the system prompt
+  transformers-serve  `transformers serve` on the first adapter merged into its base (float32)
+Load: for each --clients count, that many threads with their own HTTP connection send non-streamed
+chat requests back to back for --seconds (one of PROMPTS each, round robin, and the personas in
+turn: two adapters = two personas on one base), max_tokens=--max-tokens, greedy, no repetition
+penalty. Requests started before the deadline are waited for; rates are over the time until the
+last ends. Table: requests/s, p50/p95 latency, completion tokens/s (the servers' usage counts),
+errors, the server's CPU cores and the CPU other processes used meanwhile (near 0, or the figures
+are skewed). Each server first answers PROMPTS[:4] as the first persona: the replies are compared
+(float rounding between engines may flip a token late in a reply).
 """
 
 from __future__ import annotations
@@ -111,16 +110,18 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def ask(http: httpx.Client, url: str, model: str, system: str | None, prompt: str, max_tokens: int) -> dict:
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+def ask(http: httpx.Client, url: str, persona: "Persona", prompt: str, max_tokens: int) -> dict:
+    messages = ([{"role": "system", "content": persona.system}] if persona.system else []) + [
+        {"role": "user", "content": prompt}]
     r = http.post(f"{url}/chat/completions", timeout=300,
-                  json={"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0})
+                  json={"model": persona.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                        **persona.extra})
     r.raise_for_status()
     return r.json()
 
 
-def load(url: str, model: str, system: str | None, a, pid: int) -> dict:
-    """--clients threads sending requests back to back for --seconds."""
+def load(url: str, personas: list, clients: int, a, pid: int) -> dict:
+    """`clients` threads sending requests back to back for --seconds; request i goes to persona i mod n."""
     latencies, tokens, errors, lock = [], [0], [], threading.Lock()
     began = time.time()
     deadline = began + a.seconds
@@ -131,17 +132,17 @@ def load(url: str, model: str, system: str | None, a, pid: int) -> dict:
             while time.time() < deadline:
                 t = time.time()
                 try:
-                    reply = ask(http, url, model, system, PROMPTS[i % len(PROMPTS)], a.max_tokens)
+                    reply = ask(http, url, personas[i % len(personas)], PROMPTS[i % len(PROMPTS)], a.max_tokens)
                     with lock:
                         latencies.append(time.time() - t)
                         tokens[0] += reply["usage"]["completion_tokens"]
                 except Exception as exc:  # noqa: BLE001 - counted and shown
                     with lock:
                         errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                i += a.clients
+                i += clients
 
     busy0, mine0, server0 = busy_cpu_seconds(), cpu_seconds(), process_cpu(pid)
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -157,100 +158,160 @@ def load(url: str, model: str, system: str | None, a, pid: int) -> dict:
             "server_cpu_cores": server_cpu / wall, "other_cpu_cores": max(others, 0.0)}
 
 
-def run_server(name: str, cmd: list[str], url: str, model: str, system: str | None, a, work: Path,
-               env: dict) -> tuple[dict, list[str]]:
+def run_server(name: str, cmd: list[str], url: str, personas: list, a, work: Path, env: dict
+               ) -> tuple[dict, list[str]]:
+    """One server: started, warmed up on PROMPTS[:4] (the replies compared across servers), then each
+    of --clients in turn; stopped."""
     print(f"[bench] {name}: starting {' '.join(cmd[:4])} ...", flush=True)
     t = time.time()
     proc = start(cmd, url, work / f"{name}.log", env)
     try:
         startup = time.time() - t
         with httpx.Client() as http:
-            replies = [ask(http, url, model, system, p, a.max_tokens)["choices"][0]["message"]["content"]
-                       for p in PROMPTS[:4]]  # also the warm-up
-        print(f"[bench] {name}: up in {startup:.1f} s; {a.clients} clients for {a.seconds} s", flush=True)
-        result = load(url, model, system, a, proc.pid)
-        result["startup_s"] = startup
-        return result, replies
+            replies = [ask(http, url, personas[0], p, a.max_tokens)["choices"][0]["message"]["content"]
+                       for p in PROMPTS[:4]]
+        results = {}
+        for clients in a.clients:
+            print(f"[bench] {name}: up in {startup:.1f} s; {clients} clients for {a.seconds} s", flush=True)
+            results[clients] = {**load(url, personas, clients, a, proc.pid), "startup_s": startup}
+        return results, replies
     finally:
         stop(proc)
 
 
 def print_table(results: dict) -> None:
-    print(f"{'server':<14}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'tok/s':>8}{'errors':>8}{'requests':>10}"
+    print(f"{'server':<22}{'clients':>8}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'tok/s':>8}{'errors':>8}{'requests':>10}"
           f"{'server cores':>14}{'other cores':>13}")
-    for name, r in results.items():
-        print(f"{name:<14}{r['requests_per_s']:>8.2f}{r['p50_s'] or 0:>8.2f}{r['p95_s'] or 0:>8.2f}"
-              f"{r['completion_tokens_per_s']:>8.1f}{r['errors']:>8}{r['requests']:>10}"
-              f"{r['server_cpu_cores']:>14.2f}{r['other_cpu_cores']:>13.2f}")
-        for e in r["error_samples"]:
-            print(f"    {name} error: {e}")
+    for name, by_clients in results.items():
+        for clients, r in by_clients.items():
+            print(f"{name:<22}{clients:>8}{r['requests_per_s']:>8.2f}{r['p50_s'] or 0:>8.2f}{r['p95_s'] or 0:>8.2f}"
+                  f"{r['completion_tokens_per_s']:>8.1f}{r['errors']:>8}{r['requests']:>10}"
+                  f"{r['server_cpu_cores']:>14.2f}{r['other_cpu_cores']:>13.2f}")
+            for e in r["error_samples"]:
+                print(f"    {name} error: {e}")
+
+
+class Persona:
+    """What one request names: the model, the system prompt the client sends, extra body fields."""
+
+    def __init__(self, model: str, system: str | None, extra: dict | None = None):
+        self.model, self.system, self.extra = model, system, extra or {}
+
+
+SERVERS = ("ours-1", "ours-batched", "ours-llamacpp", "llama-server", "transformers-serve")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--adapter", required=True, help="adapter folder (with persona.json) or run folder")
-    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--adapter", required=True, action="append",
+                   help="adapter folder (with persona.json) or run folder; twice for two personas on one base")
+    p.add_argument("--clients", default="1,4", help="client counts, each a separate load on the same server")
     p.add_argument("--seconds", type=float, default=30)
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--max-concurrent", type=int, default=1, help="ours: serve.max_concurrent")
-    p.add_argument("--threads", default="1", help="OMP_NUM_THREADS of both servers ('' = torch's default, all "
-                   "cores): on a shared 2-core machine 2 threads per generation ran 4-6x slower than 1")
-    p.add_argument("--only", choices=["ours", "transformers"])
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-concurrent", type=int, default=4, help="serve.max_concurrent of ours-batched and "
+                   "ours-llamacpp, and llama-server's -np")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every server (OMP_NUM_THREADS, "
+                   "llama.cpp's -t)")
+    p.add_argument("--servers", default="ours-1,ours-batched,ours-llamacpp,llama-server",
+                   help=f"which, in order, one at a time: {', '.join(SERVERS)}")
+    p.add_argument("--gguf-type", default="q8_0", help="llama.cpp's base GGUF type")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
+    a.clients = [int(c) for c in str(a.clients).split(",")]
+    servers = a.servers.split(",")
+    if bad := [s for s in servers if s not in SERVERS]:
+        raise SystemExit(f"--servers: unknown {bad}; choose from {SERVERS}")
 
     from recipe_runner.train.adapter_card import read_card, resolve_adapter
     from recipe_runner.model.embedded import resolve_model_path
     from recipe_runner.use.serve import model_name
 
     cache = os.environ.get("RECIPE_RUNNER_CACHE", os.path.expanduser("~/.cache/recipe-runner"))
-    adapter = resolve_adapter(a.adapter, "outputs")
-    card = read_card(adapter)
-    name, system = model_name(card), card["system_prompt"]
-    model_path = resolve_model_path(card["base"]["name_or_path"], cache)
+    adapters = [resolve_adapter(x, "outputs") for x in a.adapter]
+    cards = [read_card(x) for x in adapters]
+    names = [model_name(c) for c in cards]
+    if len(set(names)) < len(names):
+        names = [f"{n}{i}" for i, n in enumerate(names)]
+    ours = [Persona(n, None) for n in names]  # our front adds each persona's system prompt itself
+    model_path = resolve_model_path(cards[0]["base"]["name_or_path"], cache)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-           "XDG_CONFIG_HOME": str(work / "xdg")}  # the user's own settings stay out
-    env.pop("OMP_NUM_THREADS", None)
-    if a.threads:
-        env["OMP_NUM_THREADS"] = a.threads
+           "XDG_CONFIG_HOME": str(work / "xdg"), "OMP_NUM_THREADS": str(a.threads)}  # the user's settings stay out
+    spec = "{" + ",".join(f"{n}:{x}" for n, x in zip(names, adapters)) + "}"
     results, replies = {}, {}
+
+    def front(engine: str, concurrent: int, *extra: str) -> tuple[list[str], str]:
+        port = free_port()
+        return [sys.executable, "run.py", "stage=serve", f"serve.adapters={spec}", f"serve.port={port}",
+                f"serve.engine={engine}", f"serve.max_concurrent={concurrent}", f"serve.max_queue={max(a.clients)}",
+                f"serve.max_tokens={max(a.max_tokens, 1)}", "sampling.temperature=0",
+                "sampling.repetition_penalty=1.0", "logger.wandb.enabled=false", f"paths.output_dir={work}",
+                *extra], f"http://127.0.0.1:{port}/v1"
+
     try:
-        if a.only != "transformers":
-            port = free_port()
-            cmd = [sys.executable, "run.py", "stage=serve", f"adapter={adapter}", f"serve.port={port}",
-                   f"serve.max_concurrent={a.max_concurrent}", f"serve.max_queue={a.clients}",
-                   f"serve.max_tokens={max(a.max_tokens, 1)}", "sampling.temperature=0",
-                   "sampling.repetition_penalty=1.0", "logger.wandb.enabled=false", f"paths.output_dir={work}"]
-            results["ours"], replies["ours"] = run_server("ours", cmd, f"http://127.0.0.1:{port}/v1", name,
-                                                          system, a, work, env)
-        if a.only != "ours":
-            print("[bench] transformers: merging the adapter into its base", flush=True)
-            merged = str(merge(adapter, card, model_path, work / "merged"))
-            port = free_port()
-            cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
-            cmd = [cli, "serve", merged, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-                   "--dtype", "float32"]
-            results["transformers"], replies["transformers"] = run_server(
-                "transformers", cmd, f"http://127.0.0.1:{port}/v1", merged, system, a, work, env)
+        for server in servers:
+            if server == "ours-1":
+                cmd, url = front("transformers", 1)
+                personas = ours
+            elif server == "ours-batched":
+                cmd, url = front("transformers", a.max_concurrent)
+                personas = ours
+            elif server == "ours-llamacpp":
+                cmd, url = front("llamacpp", a.max_concurrent, f"serve.gguf_type={a.gguf_type}",
+                                 f"serve.engine_threads={a.threads}")
+                personas = ours
+            elif server == "llama-server":
+                cmd, url, personas = bare_llama_server(adapters, cards, model_path, cache, a)
+            else:
+                print("[bench] transformers serve: merging the first adapter into its base", flush=True)
+                merged = str(merge(adapters[0], cards[0], model_path, work / "merged"))
+                port = free_port()
+                cli = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+                cmd = [cli, "serve", merged, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+                       "--dtype", "float32"]
+                url, personas = f"http://127.0.0.1:{port}/v1", [Persona(merged, cards[0]["system_prompt"])]
+            results[server], replies[server] = run_server(server, cmd, url, personas, a, work, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nadapter {adapter} (model {name}, base {card['base']['name_or_path']}); {a.clients} clients, "
-          f"{a.seconds:g} s, max_tokens {a.max_tokens}, temperature 0, ours at serve.max_concurrent="
-          f"{a.max_concurrent}; OMP_NUM_THREADS={a.threads or 'unset'}; {os.cpu_count()} CPUs")
+    from machine import describe  # noqa: E402
+
+    print(f"\n{describe()}; adapters {', '.join(names)} on {cards[0]['base']['name_or_path']}; clients {a.clients}, "
+          f"{a.seconds:g} s each, max_tokens {a.max_tokens}, greedy, threads {a.threads}, "
+          f"max_concurrent {a.max_concurrent}, GGUF {a.gguf_type}")
     print_table(results)
-    if len(replies) == 2:
-        same = sum(x == y for x, y in zip(replies["ours"], replies["transformers"]))
-        print(f"same greedy replies (adapter vs merged weights): {same}/{len(replies['ours'])}")
-        ours, theirs = results["ours"], results["transformers"]
-        print(f"ours/transformers: requests/s x{ours['requests_per_s'] / max(theirs['requests_per_s'], 1e-9):.2f}, "
-              f"tokens/s x{ours['completion_tokens_per_s'] / max(theirs['completion_tokens_per_s'], 1e-9):.2f}, "
-              f"p50 x{(ours['p50_s'] or 0) / max(theirs['p50_s'] or 0, 1e-9):.2f}")
-    if busy := [n for n, r in results.items() if r["other_cpu_cores"] > 0.1]:
+    first = next(iter(replies.values()), [])
+    for server, got in replies.items():
+        print(f"same greedy replies as {next(iter(replies))}: {server} {sum(x == y for x, y in zip(got, first))}/"
+              f"{len(first)}")
+    for x, y in (("ours-batched", "ours-1"), ("ours-llamacpp", "llama-server"), ("ours-llamacpp", "ours-1")):
+        if x in results and y in results:
+            for c in a.clients:
+                r = results[x][c]["completion_tokens_per_s"] / max(results[y][c]["completion_tokens_per_s"], 1e-9)
+                print(f"{x}/{y} at {c} clients: tokens/s x{r:.2f}")
+    if busy := [n for n, r in results.items() if any(v["other_cpu_cores"] > 0.1 for v in r.values())]:
         print(f"WARNING: other processes used the CPUs during {busy}: those figures are skewed")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "results": results, "replies": replies}, indent=2))
+
+
+def bare_llama_server(adapters: list[Path], cards: list[dict], model_path: str, cache: str, a):
+    """llama-server alone, the same base GGUF and GGUF LoRAs ours loads (from the cache), through its own
+    OpenAI endpoint (its own chat template: the base's ChatML), the persona by the request's `lora` field
+    and the client sending the system prompt."""
+    from recipe_runner.use.engine_llamacpp import llama_server_binary, lora_gguf
+    from recipe_runner.use.gguf_base import base_gguf
+
+    base = base_gguf(model_path, cards[0], cache, a.gguf_type)
+    loras = [lora_gguf(x, c, model_path, cache, f"p{i}") for i, (x, c) in enumerate(zip(adapters, cards))]
+    port = free_port()
+    cmd = [llama_server_binary(None), "-m", str(base), "--lora", ",".join(str(p) for p in loras),
+           "--lora-init-without-apply", "--host", "127.0.0.1", "--port", str(port), "-np", str(a.max_concurrent),
+           "-c", str(a.max_concurrent * 2048), "-t", str(a.threads), "--no-webui"]
+    personas = [Persona("base", c["system_prompt"], {
+        "lora": [{"id": j, "scale": 1.0 if j == i else 0.0} for j in range(len(loras))],
+        "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}) for i, c in enumerate(cards)]
+    return cmd, f"http://127.0.0.1:{port}/v1", personas
 
 
 if __name__ == "__main__":

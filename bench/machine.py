@@ -17,3 +17,11 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     """User + system CPU seconds of this process (RUSAGE_SELF) or its finished children."""
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
+
+
+def describe() -> str:
+    """The machine in one line: CPU model, cores, whether it has AVX512-BF16 (Linux /proc/cpuinfo)."""
+    text = open("/proc/cpuinfo").read()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    bf16 = "AVX512-BF16" if "avx512_bf16" in text else "no AVX512-BF16"
+    return f"{os.cpu_count()} cores {model} ({bf16})"

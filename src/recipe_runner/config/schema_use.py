@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from recipe_runner.config.choices import ExportFormat
+from recipe_runner.config.choices import ExportFormat, ServeEngine
 
 
 @dataclass
@@ -32,6 +32,12 @@ class ServeConfig:
     max_context_tokens: int = 2048  # prompt + max_tokens; longer requests get 400
     max_concurrent: int = 1  # generations running at once (each takes a CPU core's worth of work)
     max_queue: int = 8  # requests waiting for a slot; beyond that, 429
+    engine: ServeEngine = ServeEngine.transformers  # what generates: docs/serving.md compares them
+    gguf_type: str = "q8_0"  # llamacpp: the base GGUF's type (q8_0 or f16), written once into paths.cache_dir/gguf
+    engine_command: Optional[str] = None  # llamacpp: the llama-server executable (null = .venv/bin's, then PATH); vllm: the python that has vllm (null = this one)
+    engine_threads: Optional[int] = None  # llamacpp: llama-server's -t (null = llama.cpp's choice: every core)
+    engine_args: List[str] = field(default_factory=list)  # extra arguments for the engine's server, appended as given
+    engine_start_timeout_s: float = 300.0  # the engine's server must answer its health check within this
 
 
 @dataclass

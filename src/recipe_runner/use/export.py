@@ -4,6 +4,9 @@
             precision, the tokenizer with the chat template the persona trained with, persona.json
     gguf    GGUF files for llama.cpp / Ollama, one per export.gguf_types (use/gguf_export.py), and
             an Ollama Modelfile with the trained system prompt
+    gguf-lora  the adapter alone as a GGUF LoRA (use/gguf_lora.py), the base as GGUF beside it (linked
+            from the cache, use/gguf_base.py) and a Modelfile with FROM base + ADAPTER: one base file
+            serves several personas (llama.cpp --lora, Ollama ADAPTER, serve.engine=llamacpp)
 
 Everything that can be wrong with the input (not an adapter, an out folder that holds files, an
 adapter for another base, a base GGUF cannot describe) is refused before any weights load. Files
@@ -37,13 +40,20 @@ def export(cfg, run_dir: Path) -> dict:
     model_path = resolve_model_path(card["base"]["name_or_path"], cfg.paths.cache_dir)
     check_base(folder, card, model_path)
     name = slug(card.get("persona") or card.get("recipe") or "persona")
-    if fmt is ExportFormat.gguf:
+    if fmt is not ExportFormat.merged:
         from recipe_runner.use.gguf_export import check_gguf_base, gguf_types
 
         types = gguf_types(cfg.export.gguf_types)
         check_gguf_base(model_path)  # a base GGUF cannot describe is refused before the weights load
-    note = quant_note(card)
-    model, tokenizer = merged_model(folder, card, model_path)
+    if fmt is ExportFormat["gguf-lora"]:
+        from recipe_runner.use.gguf_lora import check_lora
+
+        check_lora(folder)
+        note = None  # nothing is merged: the adapter runs on the base as it trained (in full precision)
+        model, tokenizer = None, persona_tokenizer(card, model_path)
+    else:
+        note = quant_note(card)
+        model, tokenizer = merged_model(folder, card, model_path)
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -53,16 +63,28 @@ def export(cfg, run_dir: Path) -> dict:
             say(f"writing {out}")
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-        else:
-            from recipe_runner.use.gguf_export import write_gguf, write_modelfile
+        elif fmt is ExportFormat.gguf:
+            from recipe_runner.use.gguf_export import preferred, write_gguf, write_modelfile
 
             for qtype in types:
                 say(f"writing {name}-{qtype}.gguf ...")
                 write_gguf(model, tokenizer, card, tmp / f"{name}-{qtype}.gguf", qtype, name)
-            write_modelfile(tmp, name, types, card, tokenizer, cfg.sampling)
+            write_modelfile(tmp, name, preferred({t: f"{name}-{t}.gguf" for t in types}), card, tokenizer,
+                            cfg.sampling)
+        else:
+            from recipe_runner.use.gguf_base import base_gguf, link_or_copy
+            from recipe_runner.use.gguf_export import preferred, write_modelfile
+            from recipe_runner.use.gguf_lora import write_gguf_lora
+
+            base_name = slug(Path(card["base"]["name_or_path"]).name)
+            bases = {t: f"{base_name}-{t}.gguf" for t in types}
+            for qtype, file in bases.items():
+                link_or_copy(base_gguf(model_path, card, cfg.paths.cache_dir, qtype), tmp / file)
+            write_gguf_lora(folder, card, model_path, tmp / f"{name}-lora.gguf", name)
+            write_modelfile(tmp, name, preferred(bases), card, tokenizer, cfg.sampling, adapter=f"{name}-lora.gguf")
         export_info = {"format": fmt.value, "adapter": str(folder), "base": card["base"]["name_or_path"],
-                       "base_path": model_path, "merged_onto": "the full-precision base (float32)",
-                       "quant_note": note, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                       "base_path": model_path, "quant_note": note, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "merged_onto": None if model is None else "the full-precision base (float32)"}
         (tmp / CARD).write_text(json.dumps({**card, "export": export_info}, indent=2, ensure_ascii=False,
                                            default=str), encoding="utf-8")
         for f in tmp.rglob("*"):  # some writers create their files 0600 (mkstemp); an export is for sharing
@@ -82,7 +104,7 @@ def export(cfg, run_dir: Path) -> dict:
                "adapter": str(folder), "persona": card.get("persona"), "base": card["base"]["name_or_path"],
                "quant_in_training": card["base"].get("quant_in_training", "none"), "quant_note": note,
                "wall_seconds": time.time() - started}
-    if fmt is ExportFormat.gguf:
+    if fmt is not ExportFormat.merged:
         summary["modelfile"] = str(out / "Modelfile")
         summary["ollama"] = f"cd {out} && ollama create {name} -f Modelfile && ollama run {name}"
         say(f"ollama: {summary['ollama']}")
@@ -121,19 +143,28 @@ def quant_note(card: dict) -> str | None:
     return note
 
 
+def persona_tokenizer(card: dict, model_path: str):
+    """The base's tokenizer with the chat template the persona trained with."""
+    from transformers import AutoTokenizer
+
+    revision = card["base"].get("revision") if not Path(model_path).is_dir() else None
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision, **safe_load.CODE)
+    if card.get("chat_template"):
+        tokenizer.chat_template = card["chat_template"]
+    return tokenizer
+
+
 def merged_model(folder: Path, card: dict, model_path: str):
     """The base in float32 with the adapter merged in (peft only here), and the tokenizer with the
     persona's chat template."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     revision = card["base"].get("revision") if not Path(model_path).is_dir() else None
     t = time.time()
     say(f"loading the base {card['base']['name_or_path']} ({model_path}) in float32")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=revision, **safe_load.CODE)
-    if card.get("chat_template"):
-        tokenizer.chat_template = card["chat_template"]
+    tokenizer = persona_tokenizer(card, model_path)
     base = AutoModelForCausalLM.from_pretrained(model_path, revision=revision, dtype=torch.float32,
                                                 **safe_load.MODEL)
     say(f"merging the adapter {folder} (loaded in {time.time() - t:.1f} s)")

@@ -34,7 +34,7 @@ def gguf_types(requested) -> list[str]:
     types = list(dict.fromkeys(str(t) for t in requested))  # in order, once each
     bad = [t for t in types if t not in TYPES]
     if bad or not types:
-        raise RecipeError(f"export.gguf_types: {bad or 'empty'}; choose from {list(TYPES)}")
+        raise RecipeError(f"export.gguf_types / serve.gguf_type: {bad or 'empty'}; choose from {list(TYPES)}")
     return types
 
 
@@ -136,7 +136,8 @@ def vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
     return tokens, [int(t) for t in types], [m if isinstance(m, str) else " ".join(m) for m in merges]
 
 
-def write_gguf(model, tokenizer, card: dict, path: Path, qtype: str, name: str) -> None:
+def write_gguf(model, tokenizer, card: dict, path: Path, qtype: str, name: str, merged: bool = True) -> None:
+    """model in GGUF: the merged persona (merged=True) or a plain base (gguf_base.py)."""
     import gguf
 
     config, started = model.config, time.time()
@@ -144,8 +145,12 @@ def write_gguf(model, tokenizer, card: dict, path: Path, qtype: str, name: str) 
     theta, _ = rope(config)
     w = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     w.add_type(gguf.GGUFType.MODEL)
-    w.add_name(f"{card.get('persona') or name} ({Path(card['base']['name_or_path']).name} + LoRA, merged)")
-    w.add_description(f"recipe-runner export of the {card.get('recipe')} adapter, epoch {card.get('epoch')}")
+    if merged:
+        w.add_name(f"{card.get('persona') or name} ({Path(card['base']['name_or_path']).name} + LoRA, merged)")
+        w.add_description(f"recipe-runner export of the {card.get('recipe')} adapter, epoch {card.get('epoch')}")
+    else:
+        w.add_name(Path(card["base"]["name_or_path"]).name)
+        w.add_description("recipe-runner export of the base model (for GGUF LoRA adapters)")
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
     w.add_block_count(config.num_hidden_layers)
@@ -241,13 +246,22 @@ def quoted(text: str) -> str:
     return '"""' + text.replace('"""', '" " "') + '"""'
 
 
-def write_modelfile(folder: Path, name: str, types: list[str], card: dict, tokenizer, sampling) -> Path:
-    source = f"{name}-q8_0.gguf" if "q8_0" in types else f"{name}-{types[0]}.gguf"
+def preferred(files: dict[str, str]) -> str:
+    """Of {type: file name}, the one a Modelfile loads: q8_0 (half the size of f16, near-identical replies)."""
+    return files.get("q8_0") or next(iter(files.values()))
+
+
+def write_modelfile(folder: Path, name: str, source: str, card: dict, tokenizer, sampling,
+                    adapter: str | None = None) -> Path:
+    """Ollama's Modelfile: FROM the merged GGUF, or FROM the base GGUF with the persona as ADAPTER
+    (one base file, several personas), the template, the trained system prompt, stops, sampling."""
     is_chatml, default_system = chatml(tokenizer, card.get("chat_template"))
     system = card.get("system_prompt") or default_system
     lines = [f"# {card.get('persona') or name}: recipe-runner export of {card.get('recipe')} "
              f"(epoch {card.get('epoch')}) on {card['base']['name_or_path']}",
              f"# ollama create {name} -f Modelfile && ollama run {name}", f"FROM ./{source}"]
+    if adapter:
+        lines.append(f"ADAPTER ./{adapter}")
     if is_chatml:
         lines.append(f"TEMPLATE {quoted(CHATML_TEMPLATE)}")
     else:

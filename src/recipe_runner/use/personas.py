@@ -47,14 +47,16 @@ class Reply:
     finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens)
 
 
-class Personas:
-    def __init__(self, adapters: dict[str, Path], cache_dir: str, device: str | None = None,
-                 named_base: str | None = None):
+class PersonaCards:
+    """What every engine shares: the adapters' cards (one base, checked), the tokenizer, each persona's
+    system prompt and chat template. An engine adds stream(): Personas below in-process with peft,
+    use/engine_llamacpp.py and use/engine_vllm.py through a server process of their own."""
+
+    def __init__(self, adapters: dict[str, Path], cache_dir: str, named_base: str | None = None):
         """adapters: model name -> adapter folder (already resolved); all must share one base.
         named_base: the model.name_or_path the user set; a hub base not in the local cache is
         downloaded only when it is exactly that (train/adapter_card.py check_base_source)."""
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if not adapters:
             raise RecipeError("no adapter to load: set adapter=<folder|run folder|last> or serve.adapters")
@@ -70,16 +72,8 @@ class Personas:
         self.model_path = resolve_model_path(self.base["name_or_path"], cache_dir)
         check_base(self.folders[first], self.cards[first], self.model_path)
         # a hub base at the revision it trained on (the one check_base_source found cached or was named)
-        revision = self.base.get("revision") if not Path(self.model_path).is_dir() else None
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=revision, **safe_load.CODE)
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, revision=revision, dtype=dtype,
-                                                     **safe_load.MODEL).to(self.device)
-        model = PeftModel.from_pretrained(model, self.folders[first], adapter_name=first, **safe_load.ADAPTER)
-        for name, folder in list(self.folders.items())[1:]:
-            model.load_adapter(folder, adapter_name=name, **safe_load.ADAPTER)
-        self.model = model.eval()
+        self.revision = self.base.get("revision") if not Path(self.model_path).is_dir() else None
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=self.revision, **safe_load.CODE)
         self.lock = threading.Lock()  # the tokenizer's chat template is swapped per request
 
     def same_base(self, name: str, card: dict) -> None:
@@ -89,18 +83,6 @@ class Personas:
             raise RecipeError(f"adapter {name} was trained on {card['base']['name_or_path']} "
                               f"(weights {str(card['base']['weights_sha256'])[:12]}), but the loaded base is "
                               f"{self.base['name_or_path']} (weights {str(self.base['weights_sha256'])[:12]})")
-
-    def add(self, name: str, folder: Path) -> None:
-        """Load one more adapter onto the same base (chat's /switch)."""
-        if name == BASE:
-            raise RecipeError(f"{BASE!r} is reserved for the base model without an adapter")
-        card = read_card(folder)
-        self.same_base(name, card)
-        if name in self.cards:
-            self.model.delete_adapter(name)
-        self.model.load_adapter(folder, adapter_name=name, **safe_load.ADAPTER)
-        self.model.eval()
-        self.folders[name], self.cards[name] = Path(folder), card
 
     @property
     def names(self) -> list[str]:
@@ -129,14 +111,74 @@ class Personas:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
 
+    def check_name(self, name: str) -> None:
+        if name not in self.names:
+            raise KeyError(name)
+
+    def stream(self, name: str, messages: list[dict], sampling: Sampling, ids: torch.Tensor | None = None
+               ) -> Iterator[str]:
+        """Yield the reply's text as it is generated; the last item is a Reply with the counts.
+        `ids`: the conversation already encoded (serve counts the prompt first), not encoded twice."""
+        raise NotImplementedError
+
+    def reply(self, name: str, messages: list[dict], sampling: Sampling, ids: torch.Tensor | None = None) -> Reply:
+        *_, last = self.stream(name, messages, sampling, ids)
+        return last
+
+    def close(self) -> None:
+        """Stop what the engine started (a server process); nothing for the in-process one."""
+
+
+class Personas(PersonaCards):
+    """The in-process engine (serve.engine=transformers, and chat): the base in full precision with
+    every adapter on it through peft; each generation names its adapter (peft's adapter_names)."""
+
+    def __init__(self, adapters: dict[str, Path], cache_dir: str, device: str | None = None,
+                 named_base: str | None = None, batch: int = 1):
+        """batch > 1: concurrent stream() calls are generated together, up to `batch` rows (batching.py)."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(adapters, cache_dir, named_base)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, revision=self.revision, dtype=dtype,
+                                                     **safe_load.MODEL).to(self.device)
+        first, *rest = self.folders
+        model = PeftModel.from_pretrained(model, self.folders[first], adapter_name=first, **safe_load.ADAPTER)
+        for name in rest:
+            model.load_adapter(self.folders[name], adapter_name=name, **safe_load.ADAPTER)
+        self.model = model.eval()
+        self.described = f"transformers in-process, {dtype} on {self.device}".replace("torch.", "")
+        self.batcher = None
+        if batch > 1:
+            from recipe_runner.use.batching import Batcher
+
+            self.batcher = Batcher(self, batch)
+            self.described += f", up to {batch} requests batched"
+
+    def add(self, name: str, folder: Path) -> None:
+        """Load one more adapter onto the same base (chat's /switch)."""
+        if name == BASE:
+            raise RecipeError(f"{BASE!r} is reserved for the base model without an adapter")
+        card = read_card(folder)
+        self.same_base(name, card)
+        if name in self.cards:
+            self.model.delete_adapter(name)
+        self.model.load_adapter(folder, adapter_name=name, **safe_load.ADAPTER)
+        self.model.eval()
+        self.folders[name], self.cards[name] = Path(folder), card
+
     def stream(self, name: str, messages: list[dict], sampling: Sampling, ids: torch.Tensor | None = None
                ) -> Iterator[str]:
         """Yield the reply's text as it is generated; the last item is a Reply with the counts.
         `ids`: the conversation already encoded (serve counts the prompt first), not encoded twice."""
         from transformers import TextIteratorStreamer
 
-        if name not in self.names:
-            raise KeyError(name)
+        self.check_name(name)
+        if self.batcher is not None:
+            yield from self.batcher.submit(name, self.encode(name, messages) if ids is None else ids, sampling)
+            return
         ids = (self.encode(name, messages) if ids is None else ids).to(self.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
@@ -156,10 +198,6 @@ class Personas:
         if "error" in result:
             raise result["error"]
         yield Reply("".join(parts).strip(), ids.shape[1], result["tokens"], result["finish"])
-
-    def reply(self, name: str, messages: list[dict], sampling: Sampling, ids: torch.Tensor | None = None) -> Reply:
-        *_, last = self.stream(name, messages, sampling, ids)
-        return last
 
     def _generate(self, name: str, ids: torch.Tensor, s: Sampling, streamer, result: dict,
                   stop: threading.Event) -> None:

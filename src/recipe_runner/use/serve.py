@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 
+from recipe_runner.config.choices import ServeEngine
 from recipe_runner.errors import RecipeError
 from recipe_runner.use.openai_api import (
     ApiError, parse, read_body, request_sampling, sse, usage_of,
@@ -295,7 +296,6 @@ class Server(uvicorn.Server):
 def serve(cfg, run_dir) -> dict:
     """Load the base and the adapters, serve until Ctrl-C or SIGTERM, return the summary."""
     from recipe_runner.train.adapter_card import read_card, resolve_adapter
-    from recipe_runner.use.personas import Personas
 
     v = cfg.serve
     if v.adapters:  # serve.adapters, when set, replaces adapter=
@@ -304,12 +304,31 @@ def serve(cfg, run_dir) -> dict:
         folder = resolve_adapter(str(cfg.adapter), cfg.paths.output_dir)
         folders = {model_name(read_card(folder)): folder}
     sock = bind(v.host, v.port)
-    personas = Personas(folders, cfg.paths.cache_dir, named_base=cfg.model.name_or_path)
-    app = create_app(personas, v, Sampling.from_config(cfg.sampling))
-    url = f"http://{f'[{v.host}]' if ':' in v.host else v.host}:{v.port}/v1"
-    for name in personas.quantized_in_training():
-        print(f"note: {name} trained on a 4-bit base; served on the full-precision one, replies may differ a little")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    Server(config, f"serving {', '.join(personas.names)} at {url}").run(sockets=[sock])
+    personas = load_engine(cfg, folders, run_dir)
+    try:
+        app = create_app(personas, v, Sampling.from_config(cfg.sampling))
+        url = f"http://{f'[{v.host}]' if ':' in v.host else v.host}:{v.port}/v1"
+        for name in personas.quantized_in_training():
+            print(f"note: {name} trained on a 4-bit base; served on a higher-precision one, replies may differ a little")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        Server(config, f"serving {', '.join(personas.names)} at {url} ({personas.described})").run(sockets=[sock])
+    finally:
+        personas.close()
     print(f"server stopped after {app.state.stats['requests']} requests", flush=True)
-    return {"models": personas.names, "url": url, **app.state.stats}
+    return {"models": personas.names, "url": url, "engine": str(ServeEngine(v.engine).value), **app.state.stats}
+
+
+def load_engine(cfg, folders: dict, run_dir):
+    """The personas on the engine serve.engine names (use/engine_*.py); all answer through the same front."""
+    engine = ServeEngine(cfg.serve.engine)
+    if engine is ServeEngine.llamacpp:
+        from recipe_runner.use.engine_llamacpp import LlamaCppPersonas
+
+        return LlamaCppPersonas(folders, cfg.paths.cache_dir, cfg.model.name_or_path, cfg.serve, run_dir)
+    if engine is ServeEngine.vllm:
+        from recipe_runner.use.engine_vllm import VllmPersonas
+
+        return VllmPersonas(folders, cfg.paths.cache_dir, cfg.model.name_or_path, cfg.serve, run_dir)
+    from recipe_runner.use.personas import Personas
+
+    return Personas(folders, cfg.paths.cache_dir, named_base=cfg.model.name_or_path, batch=int(cfg.serve.max_concurrent))
