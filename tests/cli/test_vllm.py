@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import openai
 import pytest
 
-from conftest import NO_USER_SETTINGS, REPO, free_port
+from conftest import NO_USER_SETTINGS, REPO, free_port, run_cli
 
 QUESTIONS = ["What do you think about Kubernetes?", "Explain DNS.", "Good morning!"]
 
@@ -32,8 +32,30 @@ def vllm_python() -> str:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(tiny_runs, tmp_path_factory):
+def vllm_runs(tmp_path_factory, embedded_path, tiny_data) -> dict:
+    """Two one-epoch runs, as conftest's tiny_runs, on a tiny Llama with head_dim 64 (vLLM's CPU
+    attention refuses the usual tiny model's 16)."""
+    from conftest import tiny_overrides
+    from tiny import build_tiny_model
+
+    vllm_python()  # skip before training anything
+    model = build_tiny_model(tmp_path_factory.mktemp("tiny-llama-hd64"), embedded_path, head_dim=64)
+    out = tmp_path_factory.mktemp("vllm-runs")
+    runs = {}
+    for name, seed, lr in (("alex", 0, "2e-2"), ("echo", 1, "5e-2")):
+        run_dir = out / "runs" / name
+        res = run_cli(*tiny_overrides(model, tiny_data, out, "model.quant=none", "train.max_epochs=1",
+                                      "eval.checks=false", "logger.wandb.enabled=false", f"train.seed={seed}",
+                                      f"train.lr={lr}", f"hydra.run.dir={run_dir}"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs[name] = run_dir
+    return runs
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_runs, tmp_path_factory):
     python = vllm_python()
+    tiny_runs = vllm_runs
     out = tmp_path_factory.mktemp("serve-vllm")
     port = free_port()
     adapters = "{" + ",".join(f"{name}:{run}" for name, run in tiny_runs.items()) + "}"
@@ -63,10 +85,10 @@ def vllm_server(tiny_runs, tmp_path_factory):
         proc.kill()
 
 
-def test_vllm_engine_answers_as_the_in_process_one(vllm_server, tiny_runs, tmp_path):
+def test_vllm_engine_answers_as_the_in_process_one(vllm_server, vllm_runs, tmp_path):
     from recipe_runner.use.personas import Personas, Sampling
 
-    folders = {name: run / "adapters" / "best" for name, run in tiny_runs.items()}
+    folders = {name: run / "adapters" / "best" for name, run in vllm_runs.items()}
     local = Personas(folders, str(tmp_path))
     client = openai.OpenAI(base_url=vllm_server.url, api_key="none", max_retries=0, timeout=300)
     assert [m.id for m in client.models.list().data] == ["alex", "echo", "base"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import torch
 
 from recipe_runner.data.chat_format import stop_ids
 from recipe_runner.errors import RecipeError
@@ -26,6 +27,7 @@ from recipe_runner.use.engine_process import EngineProcess, free_port
 from recipe_runner.use.personas import BASE, PersonaCards, Reply, Sampling
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+CPU_MEMORY_SHARE = 0.2  # of RAM for vLLM's KV cache on a CPU (serve.engine_args can set --gpu-memory-utilization)
 
 
 def vllm_python(configured: str | None) -> str:
@@ -54,12 +56,17 @@ class VllmPersonas(PersonaCards):
         if rank is None:
             raise RecipeError(f"serve.engine=vllm: LoRA rank {max(ranks)} is above vLLM's largest ({LORA_RANKS[-1]})")
         slots = int(v.max_concurrent)
+        extra = [str(a) for a in v.engine_args]
+        if not torch.cuda.is_available() and not any(a.startswith("--gpu-memory-utilization") for a in extra):
+            # on the CPU backend this is the share of RAM reserved up front: its default 0.92 failed to start
+            # on a 24 GiB machine with 21.4 GiB free ("less than desired CPU memory utilization")
+            extra += ["--gpu-memory-utilization", str(CPU_MEMORY_SHARE)]
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
                 "--served-model-name", BASE, "--host", "127.0.0.1", "--port", str(port := free_port()),
                 "--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(self.folders)),
                 "--lora-modules", *[f"{n}={f}" for n, f in self.folders.items()],
                 "--max-model-len", str(int(v.max_context_tokens)), "--max-num-seqs", str(slots),
-                *map(str, v.engine_args)]
+                *extra]
         self.engine = EngineProcess("vllm", argv, port, Path(run_dir) / "engine.log", "/health",
                                     float(v.engine_start_timeout_s), env={"VLLM_NO_USAGE_STATS": "1"})
         # a new loopback connection per request (~0.1 ms): a kept-alive one that the engine closes as a request

@@ -1,10 +1,12 @@
 """One base model with several persona adapters on it: what chat and serve talk to.
 
-The base loads once, in full precision; each adapter is a named peft adapter on it, and every
-generation names its adapter (peft's `adapter_names`), so replies for different personas can
-run at the same time without switching a global "active adapter". `base` is the model with no
-adapter. Each persona speaks with the system prompt and chat template it trained with (its
-persona.json); the base answers with the whole bible as its prompt when asked for a baseline.
+PersonaCards holds what every serving engine shares: the adapters' cards (all on one base, checked),
+the tokenizer, each persona's system prompt and chat template (each persona speaks with the ones it
+trained with; the base answers with the whole bible as its prompt when asked for a baseline).
+Personas is the in-process engine: the base loads once (float32, or bfloat16 where serve.dtype
+says), each adapter is a named peft adapter on it, and every generation names its adapter (peft's
+`adapter_names`), so replies for different personas run at the same time, in one batch with
+batching.py, without switching a global "active adapter". `base` is the model with no adapter.
 """
 
 from __future__ import annotations

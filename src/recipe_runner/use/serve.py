@@ -1,5 +1,10 @@
 """stage=serve: an OpenAI-compatible HTTP server, one base model with several persona adapters.
 
+This is the front; what generates is the engine serve.engine names (load_engine below): the
+in-process one (use/personas.py, batched by use/batching.py), llama.cpp (use/engine_llamacpp.py)
+or vLLM (use/engine_vllm.py). Every engine offers names, system_prompt, encode, stream, reply and
+close, so what a client sees does not depend on it.
+
     POST /v1/chat/completions   the request's `model` picks the persona (`base` = no adapter)
     GET  /v1/models             the personas and `base`
     GET  /health                liveness (no key needed)
