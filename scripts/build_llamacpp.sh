@@ -7,7 +7,8 @@
 # llama.cpp that llama-cpp-python's source release vendors (pinned below: the same sources every
 # time). Only the llama-server target, statically linked, for this CPU's instructions
 # (GGML_NATIVE): ~5 min on 2 cores, once. The binary is cached per version and CPU under
-# $RECIPE_RUNNER_CACHE/llama.cpp (default ~/.cache/recipe-runner), so a second clone links it.
+# $RECIPE_RUNNER_CACHE/llama.cpp (default ~/.cache/recipe-runner), so a second clone links it. The
+# sources are fetched with the system python's pip: setup.sh runs this while it upgrades the venv's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
@@ -20,7 +21,7 @@ if [ ! -x "$dest/bin/llama-server" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   echo "building llama-server (llama.cpp from llama-cpp-python $VERSION, ~5 min on 2 cores, once) ..."
-  "$VENV/bin/python" -m pip download --quiet --no-binary llama-cpp-python --no-deps "llama-cpp-python==$VERSION" -d "$work"
+  "${PYTHON:-python3}" -m pip download --quiet --no-binary llama-cpp-python --no-deps "llama-cpp-python==$VERSION" -d "$work"
   tar xzf "$work"/llama_cpp_python-$VERSION.tar.gz -C "$work"
   src=$work/llama_cpp_python-$VERSION/vendor/llama.cpp
   # no web UI download, no HTTPS client, no tests or examples: the server alone, nothing fetched

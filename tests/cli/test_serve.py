@@ -336,7 +336,7 @@ class FakePersonas:
         return torch.zeros(1, 5, dtype=torch.long)
 
     def stream(self, name, messages, sampling, ids=None):
-        from recipe_runner.use.personas import Reply
+        from recipe_runner.use.replies import Reply
 
         yield " hello"
         if name == "boom":
@@ -352,7 +352,7 @@ class FakePersonas:
 def test_a_failing_generation_is_a_500_and_the_server_carries_on():
     from fastapi.testclient import TestClient
 
-    from recipe_runner.use.personas import Sampling
+    from recipe_runner.use.replies import Sampling
     from recipe_runner.use.serve import create_app
 
     limits = SimpleNamespace(api_key_env=None, max_body_bytes=4096, max_tokens=64, max_context_tokens=256,

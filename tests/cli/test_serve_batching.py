@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from recipe_runner.use.personas import Personas, Reply, Sampling
+from recipe_runner.use.personas import Personas
+from recipe_runner.use.replies import Reply, Sampling
 
 QUESTIONS = ["What do you think about Kubernetes?", "How should I name my git branches?", "Explain DNS.",
              "Is Rust worth it?", "What is 2 plus 9?", "Good morning!"]

@@ -86,7 +86,8 @@ def vllm_server(vllm_runs, tmp_path_factory):
 
 
 def test_vllm_engine_answers_as_the_in_process_one(vllm_server, vllm_runs, tmp_path):
-    from recipe_runner.use.personas import Personas, Sampling
+    from recipe_runner.use.personas import Personas
+    from recipe_runner.use.replies import Sampling
 
     folders = {name: run / "adapters" / "best" for name, run in vllm_runs.items()}
     local = Personas(folders, str(tmp_path))
@@ -107,3 +108,15 @@ def test_vllm_engine_answers_as_the_in_process_one(vllm_server, vllm_runs, tmp_p
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
     assert text == client.chat.completions.create(model="alex", messages=[{"role": "user", "content": QUESTIONS[0]}],
                                                   max_tokens=12, temperature=0).choices[0].message.content
+
+
+def test_a_python_without_vllm_is_one_clear_error(tiny_runs, tmp_path):
+    """Runs everywhere (but where this python has vllm): the engine's python is checked before anything loads."""
+    if subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True).returncode == 0:
+        pytest.skip("this python imports vllm")
+    res = run_cli("stage=serve", "serve.engine=vllm", f"serve.engine_command={sys.executable}",
+                  f"adapter={tiny_runs['alex']}", f"serve.port={free_port()}", "logger.wandb.enabled=false",
+                  f"paths.output_dir={tmp_path}", timeout=120)
+    assert res.returncode != 0
+    assert f"serve.engine=vllm: {sys.executable} cannot import vllm" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from recipe_runner.use.personas import BASE, Reply, Sampling
+from recipe_runner.use.replies import BASE, Reply, Sampling
 
 GATHER_S = 0.02  # an idle engine waits this long after a request for others sent at the same moment
 
@@ -151,7 +151,9 @@ class Batcher:
         ids = torch.tensor([[r.tokens[-1]] for r in self.rows], device=p.device)
         positions = torch.tensor([[r.position] for r in self.rows], device=p.device)
         self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long, device=p.device)], 1)
-        out = p.model(input_ids=ids, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache,
+        # no padding (one row, or rows of one length): no mask, so attention takes its unmasked path
+        mask = None if bool(self.mask.all()) else self.mask
+        out = p.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=self.cache,
                       use_cache=True, adapter_names=[adapter(r.job.name) for r in self.rows])
         self.cache = out.past_key_values
         keep = []

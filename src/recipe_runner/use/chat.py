@@ -29,7 +29,8 @@ from recipe_runner.console import console
 from recipe_runner.errors import RecipeError
 from recipe_runner.evaluate.metrics import ADHERENCE
 from recipe_runner.train.adapter_card import read_card, resolve_adapter
-from recipe_runner.use.personas import BASE, Personas, Reply, Sampling
+from recipe_runner.use.personas import Personas
+from recipe_runner.use.replies import BASE, Reply, Sampling
 
 COMMANDS = "/reset  /switch <adapter>  /baseline  /help  /quit"
 HELP = """\

@@ -33,7 +33,8 @@ import httpx
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.use.engine_process import EngineProcess, free_port
-from recipe_runner.use.personas import PersonaCards, Reply, Sampling
+from recipe_runner.use.personas import PersonaCards
+from recipe_runner.use.replies import Reply, Sampling
 
 BUILD_HINT = "bash setup.sh --llamacpp  (builds llama-server once, ~5 min on 2 cores; docs/serving.md)"
 

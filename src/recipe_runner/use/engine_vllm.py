@@ -24,7 +24,8 @@ import torch
 from recipe_runner.data.chat_format import stop_ids
 from recipe_runner.errors import RecipeError
 from recipe_runner.use.engine_process import EngineProcess, free_port
-from recipe_runner.use.personas import BASE, PersonaCards, Reply, Sampling
+from recipe_runner.use.personas import PersonaCards
+from recipe_runner.use.replies import BASE, Reply, Sampling
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 CPU_MEMORY_SHARE = 0.2  # of RAM for vLLM's KV cache on a CPU (serve.engine_args can set --gpu-memory-utilization)

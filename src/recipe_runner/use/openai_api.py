@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from recipe_runner.use.personas import Reply, Sampling
+from recipe_runner.use.replies import Reply, Sampling
 
 
 GREEDY_BELOW = 1e-5  # a temperature under this is greedy, as in vLLM: logits / 1e-300 overflow to inf, then NaN

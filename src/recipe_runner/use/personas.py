@@ -12,7 +12,6 @@ batching.py, without switching a global "active adapter". `base` is the model wi
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,31 +22,7 @@ from recipe_runner.errors import RecipeError
 from recipe_runner.model import safe_load
 from recipe_runner.train.adapter_card import CARD, check_base, check_base_source, read_card
 from recipe_runner.model.embedded import resolve_model_path
-
-BASE = "base"  # the model name of the base with no adapter (peft's "__base__")
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.7  # 0 = greedy
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    repetition_penalty: float = 1.1  # reply tokens only
-    seed: int | None = None
-
-    @classmethod
-    def from_config(cls, scfg) -> "Sampling":
-        return cls(float(scfg.temperature), float(scfg.top_p), int(scfg.max_new_tokens),
-                   float(scfg.repetition_penalty), scfg.seed)
-
-
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" (end of turn) or "length" (max_new_tokens)
-
+from recipe_runner.use.replies import BASE, Reply, Sampling
 
 class PersonaCards:
     """What every engine shares: the adapters' cards (one base, checked), the tokenizer, each persona's

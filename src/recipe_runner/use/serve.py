@@ -39,7 +39,7 @@ from recipe_runner.errors import RecipeError
 from recipe_runner.use.openai_api import (
     ApiError, parse, read_body, request_sampling, sse, usage_of,
 )
-from recipe_runner.use.personas import Reply, Sampling
+from recipe_runner.use.replies import Reply, Sampling
 
 class Slots:
     """max_concurrent generations at once, max_queue more waiting, anyone beyond refused (429).
