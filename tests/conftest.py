@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,28 @@ def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subproce
     full_env.pop("WANDB_MODE", None)  # W&B must choose offline by itself
     return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+def start_serve(args: list[str], out: Path, timeout: float = 300):
+    """`python run.py stage=serve ARGS` in the background, its output in out/server.log, once it printed
+    its ready line (a server that exits or is not ready in time fails the test with the logs' ends)."""
+    from types import SimpleNamespace
+
+    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS}
+    env.pop("WANDB_MODE", None)
+    log = out / "server.log"
+    with open(log, "w") as fh:  # a file, not a pipe: a pipe nobody reads would block the server's logging
+        proc = subprocess.Popen([sys.executable, "run.py", "stage=serve", *args], cwd=REPO, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + timeout
+    while "serving " not in log.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            engine = list(out.rglob("engine.log"))
+            pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}\n"
+                        f"{engine[0].read_text()[-3000:] if engine else ''}")
+        time.sleep(0.2)
+    return SimpleNamespace(proc=proc, log=log, out=out)
 
 
 @pytest.fixture(scope="session")

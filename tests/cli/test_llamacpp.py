@@ -9,12 +9,8 @@ does, at scale 0 as the base does, and our front over the engine answers as the 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +20,7 @@ import openai
 import pytest
 import torch
 
-from conftest import NO_USER_SETTINGS, REPO, free_port, run_cli
+from conftest import free_port, run_cli, start_serve
 
 PROMPTS = ["yo, what is kubernetes?", "How do I center a div?", "Tell me about DNS."]
 TOKENS = 8
@@ -149,22 +145,12 @@ def engine_server(tiny_runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve-llamacpp")
     port = free_port()
     adapters = "{" + ",".join(f"{name}:{run}" for name, run in tiny_runs.items()) + "}"
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS}
-    env.pop("WANDB_MODE", None)
-    args = ["stage=serve", "serve.engine=llamacpp", "serve.gguf_type=f16", f"serve.adapters={adapters}",
+    args = ["serve.engine=llamacpp", "serve.gguf_type=f16", f"serve.adapters={adapters}",
             f"serve.port={port}", "serve.max_concurrent=2", "serve.max_context_tokens=512", "serve.engine_threads=2",
             "sampling.temperature=0", "sampling.repetition_penalty=1.0", "logger.wandb.enabled=false",
             f"paths.output_dir={out}"]
-    log = out / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while "serving " not in log.read_text():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
+    server = start_serve(args, out, timeout=300)
+    proc, log = server.proc, server.log
     yield SimpleNamespace(proc=proc, port=port, log=log, out=out, url=f"http://127.0.0.1:{port}/v1")
     if proc.poll() is None:
         proc.kill()

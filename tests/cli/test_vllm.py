@@ -12,13 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import openai
 import pytest
 
-from conftest import NO_USER_SETTINGS, REPO, free_port, run_cli
+from conftest import free_port, run_cli, start_serve
 
 QUESTIONS = ["What do you think about Kubernetes?", "Explain DNS.", "Good morning!"]
 
@@ -59,24 +58,12 @@ def vllm_server(vllm_runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("serve-vllm")
     port = free_port()
     adapters = "{" + ",".join(f"{name}:{run}" for name, run in tiny_runs.items()) + "}"
-    env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0", "XDG_CONFIG_HOME": NO_USER_SETTINGS}
-    env.pop("WANDB_MODE", None)
-    args = ["stage=serve", "serve.engine=vllm", f"serve.engine_command={python}", f"serve.adapters={adapters}",
+    args = ["serve.engine=vllm", f"serve.engine_command={python}", f"serve.adapters={adapters}",
             f"serve.port={port}", "serve.max_concurrent=2", "serve.max_context_tokens=512",
             "sampling.temperature=0", "sampling.repetition_penalty=1.0", "logger.wandb.enabled=false",
             f"paths.output_dir={out}"]
-    log = out / "server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while "serving " not in log.read_text():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            engine = list(out.rglob("engine.log"))
-            pytest.fail(f"the server did not start:\n{log.read_text()[-3000:]}\n"
-                        f"{engine[0].read_text()[-3000:] if engine else ''}")
-        time.sleep(0.5)
+    server = start_serve(args, out, timeout=600)
+    proc, log = server.proc, server.log
     yield SimpleNamespace(proc=proc, url=f"http://127.0.0.1:{port}/v1", log=log)
     proc.terminate()
     try:

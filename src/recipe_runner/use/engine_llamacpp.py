@@ -22,14 +22,12 @@ with serve.max_context_tokens of context, and continuous batching across them.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.use.engine_process import EngineProcess, free_port
@@ -94,10 +92,6 @@ class LlamaCppPersonas(PersonaCards):
                 *(["-t", str(v.engine_threads)] if v.engine_threads else []), *map(str, v.engine_args)]
         self.engine = EngineProcess("llama-server", argv, port, Path(run_dir) / "engine.log", "/health",
                                     float(v.engine_start_timeout_s))
-        # a new loopback connection per request (~0.1 ms): a kept-alive one that the engine closes as a request
-        # goes out fails it ("Server disconnected without sending a response": 8 of 120 requests in the benchmark)
-        self.http = httpx.Client(base_url=self.engine.url, timeout=httpx.Timeout(None, connect=10),
-                                 limits=httpx.Limits(max_keepalive_connections=0))
         self.described = f"llama.cpp ({Path(binary).name}, base {v.gguf_type} + {len(loras)} LoRA, {slots} slots)"
 
     def body(self, name: str, ids, s: Sampling) -> dict:
@@ -113,29 +107,16 @@ class LlamaCppPersonas(PersonaCards):
         self.check_name(name)
         ids = self.encode(name, messages) if ids is None else ids
         parts, last = [], None
-        try:
-            with self.http.stream("POST", "/completion", json=self.body(name, ids, sampling)) as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise RuntimeError(f"llama-server answered {r.status_code}: {r.text[:300]}")
-                for line in r.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        raise RuntimeError(f"llama-server: {event['error']}")
-                    if event.get("content"):
-                        parts.append(event["content"])
-                        yield event["content"]
-                    if event.get("stop"):
-                        last = event
-        except httpx.HTTPError as exc:
-            raise RuntimeError(f"llama-server: {type(exc).__name__}: {exc}{self.engine.failure()}") from None
+        for event in self.engine.events("/completion", self.body(name, ids, sampling)):
+            if event.get("content"):
+                parts.append(event["content"])
+                yield event["content"]
+            if event.get("stop"):
+                last = event
         if last is None:
             raise RuntimeError(f"llama-server ended the stream without its last event{self.engine.failure()}")
         finish = "length" if last.get("stop_type") == "limit" else "stop"
         yield Reply("".join(parts).strip(), int(ids.shape[1]), int(last.get("tokens_predicted", 0)), finish)
 
     def close(self) -> None:
-        self.http.close()
         self.engine.stop()

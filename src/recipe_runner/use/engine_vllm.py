@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import torch
 
 from recipe_runner.data.chat_format import stop_ids
@@ -70,10 +69,6 @@ class VllmPersonas(PersonaCards):
                 *extra]
         self.engine = EngineProcess("vllm", argv, port, Path(run_dir) / "engine.log", "/health",
                                     float(v.engine_start_timeout_s), env={"VLLM_NO_USAGE_STATS": "1"})
-        # a new loopback connection per request (~0.1 ms): a kept-alive one that the engine closes as a request
-        # goes out fails it ("Server disconnected without sending a response": 8 of 120 requests in the benchmark)
-        self.http = httpx.Client(base_url=self.engine.url, timeout=httpx.Timeout(None, connect=10),
-                                 limits=httpx.Limits(max_keepalive_connections=0))
         self.stops = stop_ids(self.tokenizer)
         self.described = f"vLLM (base + {len(self.folders)} LoRA modules, rank {rank}, {slots} sequences)"
 
@@ -91,30 +86,17 @@ class VllmPersonas(PersonaCards):
         self.check_name(name)
         ids = self.encode(name, messages) if ids is None else ids
         parts, finish, usage = [], None, None
-        try:
-            with self.http.stream("POST", "/v1/completions", json=self.body(name, ids, sampling)) as r:
-                if r.status_code != 200:
-                    r.read()
-                    raise RuntimeError(f"vllm answered {r.status_code}: {r.text[:300]}")
-                for line in r.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        raise RuntimeError(f"vllm: {event['error']}")
-                    usage = event.get("usage") or usage
-                    for choice in event.get("choices", []):
-                        if choice.get("text"):
-                            parts.append(choice["text"])
-                            yield choice["text"]
-                        finish = choice.get("finish_reason") or finish
-        except httpx.HTTPError as exc:
-            raise RuntimeError(f"vllm: {type(exc).__name__}: {exc}{self.engine.failure()}") from None
+        for event in self.engine.events("/v1/completions", self.body(name, ids, sampling)):
+            usage = event.get("usage") or usage
+            for choice in event.get("choices", []):
+                if choice.get("text"):
+                    parts.append(choice["text"])
+                    yield choice["text"]
+                finish = choice.get("finish_reason") or finish
         if usage is None:
             raise RuntimeError(f"vllm ended the stream without its usage{self.engine.failure()}")
         yield Reply("".join(parts).strip(), int(ids.shape[1]), int(usage["completion_tokens"]),
                     "length" if finish == "length" else "stop")
 
     def close(self) -> None:
-        self.http.close()
         self.engine.stop()
