@@ -67,16 +67,35 @@ def _recipe_files(argv: list[str]) -> tuple[list[str], dict[str, Path], Path | N
     return out, recipes, staged
 
 
-def _sweep_file(argv: list[str]) -> tuple[str, Path] | None:
-    """`sweep=NAME`: conf/sweep/NAME.yaml, a shared file like a recipe."""
-    names = [a.split("=", 1)[1] for a in argv if a.startswith("sweep=")]
+def _sweep_file(argv: list[str], group: str = "sweep") -> tuple[str, Path] | None:
+    """`sweep=NAME` (conf/sweep/NAME.yaml) or `hparams_search=NAME` (conf/hparams_search/NAME.yaml):
+    a shared file like a recipe."""
+    names = [a.split("=", 1)[1] for a in argv if a.startswith(f"{group}=")]
     if not names or names[-1] == "none":
         return None
-    name, sweeps = names[-1], CONF / "sweep"
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name or not (sweeps / f"{name}.yaml").is_file():
-        known = sorted(p.stem for p in sweeps.glob("*.yaml"))
-        raise_user(f"sweep={name}: no conf/sweep/{name}.yaml; known sweeps: {known}")
-    return name, sweeps / f"{name}.yaml"
+    name, folder = names[-1], CONF / group
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name) or ".." in name or not (folder / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise_user(f"{group}={name}: no conf/{group}/{name}.yaml; known {'sweeps' if group == 'sweep' else 'searches'}: "
+                   f"{known}")
+    return name, folder / f"{name}.yaml"
+
+
+def _search(argv: list[str], search: tuple[str, Path] | None, sweep) -> list[str]:
+    """`-m hparams_search=NAME` is an Optuna search: our sweeper, and a sweep folder named after the
+    search rather than the time, so that the same command run again continues the same study."""
+    if search is None:
+        return argv
+    if sweep is not None:
+        raise_user(f"sweep={sweep[0]} and hparams_search={search[0]}: choose one (a search file holds its own params)")
+    if not any(a in ("-m", "--multirun") for a in argv) and not any(a in ("-c", "--cfg", "-h", "--help") for a in argv):
+        raise_user(f"hparams_search={search[0]} is a search of many runs: add -m (python run.py -m "
+                   f"hparams_search={search[0]} ...)")
+    at = next((i for i, a in enumerate(argv) if _is_override(a)), len(argv))
+    added = [] if any(a.startswith("hydra/sweeper=") for a in argv) else ["hydra/sweeper=optuna"]
+    if not any(a.startswith("hydra.sweep.dir=") for a in argv):
+        added.append(f"hydra.sweep.dir=${{paths.output_dir}}/sweeps/${{name}}/search_{search[0]}")
+    return argv[:at] + added + argv[at:]
 
 
 SWEEP_MARKS = (",", "range(", "choice(", "glob(", "interval(")
@@ -90,13 +109,15 @@ def _name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     """
     if not any(a in ("-m", "--multirun") for a in argv):
         return argv
+    from recipe_runner.config.schema import TRIAL_KEYS  # a search's bookkeeping (search/driver.py)
+
     overrides = [i for i, a in enumerate(argv) if _is_override(a)]
     fixed = [argv[i].split("=", 1)[0].lstrip("+~") for i in overrides
              if not any(m in argv[i].split("=", 1)[1] for m in SWEEP_MARKS)]
-    if not overrides or not fixed:
+    if not overrides:
         return argv
     at = overrides[0]  # next to the other overrides: argparse rejects positionals split by flags
-    exclude = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(["train.resume", *fixed]) + "]"
+    exclude = "hydra.job.config.override_dirname.exclude_keys=[" + ",".join(["train.resume", *TRIAL_KEYS, *fixed]) + "]"
     return argv[:at] + [exclude] + argv[at:]
 
 
@@ -113,12 +134,16 @@ def main() -> None:
 
     try:
         argv, recipes, staged = _recipe_files(sys.argv[1:])
-        sweep = _sweep_file(argv)  # sweep files are shared like recipes: data only
-        shared = [(p, "recipe") for p in recipes.values()] + ([(sweep[1], "sweep")] if sweep else [])
+        sweep = _sweep_file(argv)  # sweep and search files are shared like recipes: data only
+        search = _sweep_file(argv, "hparams_search")
+        argv = _search(argv, search, sweep)
+        shared = [(p, "recipe") for p in recipes.values()] + ([(sweep[1], "sweep")] if sweep else []) + \
+            ([(search[1], "search")] if search else [])
         locations = scan_shared_files(shared, RECIPES, CONF / "sweep", CONF)  # the fast line: file:line
         scan_overrides([a for a in argv if "=" in a])
         argv = _with_user_settings(argv, file_overrides(settings_file(), _override_keys(argv)))
-        check_composed(CONF, staged, argv, SharedFiles(recipes, sweep, locations), REPO / "data")  # the firm one
+        swept = SharedFiles(recipes, search, locations, "hparams_search") if search else SharedFiles(recipes, sweep, locations)
+        check_composed(CONF, staged, argv, swept, REPO / "data")  # the firm one
     except RecipeError as exc:
         raise_user(str(exc))
     modes = [a for a in argv if a in ("-m", "--multirun", "-c", "--cfg", "-i", "--info", "-r", "--run")]

@@ -40,6 +40,15 @@ def run(cfg: DictConfig, stage: Stage, run_dir: Path, job: dict, started: float)
     return train(cfg, prepare(cfg, run_dir), run_dir, job, ckpt, started)
 
 
+def trial_pruning(cfg: DictConfig, evals):
+    """In a search trial (hydra/sweeper=optuna sets trial.*): the per-epoch report to the study."""
+    if not cfg.trial.journal:
+        return None
+    from recipe_runner.search.pruning import TrialPruning
+
+    return TrialPruning(cfg.trial, evals)
+
+
 def seed_all(seed: int) -> None:
     """What Lightning's seed_everything seeds (Python, NumPy, torch, its env variable), without
     importing Lightning."""
@@ -99,12 +108,14 @@ def train(cfg: DictConfig, prepared: Prepared, run_dir: Path, job: dict, ckpt: s
     experiment = wandb_log.experiment_of(loggers) if launch_rank() == 0 else None
     if experiment is not None:
         wandb_log.log_mix(experiment, prepared.mix, run_dir)
-    trained = fit(cfg, prepared, run_dir, evals, loggers, ckpt)
+    pruning = trial_pruning(cfg, evals)
+    trained = fit(cfg, prepared, run_dir, evals, loggers, ckpt, [pruning] if pruning else [])
     best_epoch = trained.adapters.best_epoch
     summary = {"stage": Stage.train.value, "recipe": cfg.name, "run_dir": str(run_dir),
                **prepared.summary(), **trained.adapters.summary(run_dir), **evals.summary(best_epoch),
                **trained.summary(cfg), "precision": prepared.precision,
-               "stop_reason": trained.stopped or evals.stop_reason,  # non-finite training, or an evaluation rule
+               "stop_reason": trained.stopped or evals.stop_reason,  # non-finite training, an evaluation rule, pruning
+               **(pruning.summary() if pruning else {}),
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
                "wall_seconds": time.time() - started}

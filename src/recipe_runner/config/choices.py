@@ -115,3 +115,23 @@ ExportFormat = Enum("ExportFormat", [
 class DialogueMode(str, Enum):
     turns = "turns"  # one request per turn: a simulated user, then the persona from its prompt (works with small models)
     transcript = "transcript"  # one request per dialogue: the generator writes the whole chat (strong generators, ~2x turns fewer requests)
+
+
+class SearchSampler(str, Enum):
+    tpe = "tpe"  # Optuna's TPE (multivariate; multi-objective TPE with two objectives), seeded
+    random = "random"  # uniform random draws, seeded: the baseline a search has to beat
+    gp = "gp"  # Gaussian-process Bayesian optimisation (Optuna's GPSampler; one or more objectives)
+    nsgaii = "nsgaii"  # NSGA-II, the genetic algorithm for several objectives (first generation random)
+
+
+class SearchObjective(str, Enum):
+    gain = "gain"  # maximise: the best epoch's persona adherence gain over the prompt-only baseline
+    forgetting = "forgetting"  # minimise: the best epoch's ordinary-prompt NLL change (nats/token) vs the base
+    combined = "combined"  # maximise: eval/combined, the score that picks adapters/best (gain less what was lost)
+    val_loss = "val_loss"  # minimise: the last held-out loss (for runs without a bible)
+
+
+class SearchPruner(str, Enum):
+    median = "median"  # stop a trial whose epoch score is below the median of finished trials at that epoch
+    halving = "halving"  # successive halving: keep the top half at each epoch rung (Optuna's ASHA)
+    none = "none"  # every trial runs its epochs

@@ -28,8 +28,8 @@ from omegaconf import OmegaConf
 
 from recipe_runner.errors import RecipeError
 from recipe_runner.config.interpolations import references, resolver_problem
-from recipe_runner.config.recipe_scan import USER_RULE, WRITTEN_PATHS, plain_name, swept_key_problem, \
-    swept_recipe_files, sweep_values, written_path_problem
+from recipe_runner.config.recipe_scan import SEARCH_SETTINGS, USER_RULE, WRITTEN_PATHS, plain_name, \
+    swept_key_problem, swept_recipe_files, sweep_values, written_path_problem
 from recipe_runner.config.shared_paths import allowed_roots, is_read_path_key, read_path_problem
 from recipe_runner.config.user_settings import USER_SETTINGS, user_setting
 
@@ -44,10 +44,11 @@ TASK = ("hydra", "overrides", "task")  # the command line's overrides, appended 
 
 @dataclass
 class SharedFiles:
-    """What the command composes: recipe options (Hydra's name -> file) and the sweep file."""
+    """What the command composes: recipe options (Hydra's name -> file) and the sweep or search file."""
     recipes: dict[str, Path]
     sweep: tuple[str, Path] | None
     locations: dict[str, str] = field(default_factory=dict)  # dotted key -> file:line, from the scan
+    sweep_group: str = "sweep"  # or hparams_search: a search file (conf/hparams_search/NAME.yaml)
 
 
 def compose(conf: Path, prepend: list[Path], overrides: list[str]):
@@ -105,7 +106,7 @@ class ComposedCheck:
 
     def compose(self, prepend: list[Path], recipe: str, overrides: list[str] | None = None):
         overrides = [*(self.fixed if overrides is None else overrides), f"recipe={recipe}"] + \
-            ([f"sweep={self.shared.sweep[0]}"] if self.shared.sweep else [])
+            ([f"{self.shared.sweep_group}={self.shared.sweep[0]}"] if self.shared.sweep else [])
         cfg = compose(self.conf, prepend + ([self.staged] if self.staged else []), overrides)
         return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), cfg
 
@@ -144,8 +145,9 @@ class ComposedCheck:
         if self.shared.sweep:
             name, path = self.shared.sweep
             first = next(iter(recipes))
-            with_sweep = self.compose_without([no_recipes], first, f"sweep={name}")
-            without = self.compose_without([no_recipes, self.standins("sweep", [name])], first, f"sweep={name}")
+            group = self.shared.sweep_group
+            with_sweep = self.compose_without([no_recipes], first, f"{group}={name}")
+            without = self.compose_without([no_recipes, self.standins(group, [name])], first, f"{group}={name}")
             recipes.update(self.check_sweep(path, leaves(with_sweep), leaves(without)))
         for option, path in recipes.items():
             composed = self.compose_full(option, str(path))
@@ -250,8 +252,13 @@ class ComposedCheck:
                 continue
             if path == SWEPT:
                 continue  # the empty mapping of the file without params
+            if self.shared.sweep_group == "hparams_search" and len(path) == 3 and path[:2] == SWEPT[:2] \
+                    and path[2] in SEARCH_SETTINGS:
+                continue  # names and numbers the sweeper's schema checked when this composed
             if path[:3] != SWEPT or len(path) != 4:
-                self.refuse(source, key, "is not allowed: a sweep file sets hydra.sweeper.params only")
+                self.refuse(source, key, "is not allowed: a sweep file sets hydra.sweeper.params only" +
+                            (f" (a search file also hydra.sweeper.{{{','.join(SEARCH_SETTINGS)}}})"
+                             if self.shared.sweep_group == "hparams_search" else ""))
             swept, value = path[3], with_sweep.get(path)
             problem = swept_key_problem(swept)
             if problem:
@@ -288,7 +295,7 @@ def check_composed(conf: Path, staged: Path | None, argv: list[str], shared: Sha
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     fixed, parser = [], OverridesParser.create()
     for text in overrides:
-        if text.startswith(("recipe=", "sweep=")):
+        if text.startswith(("recipe=", "sweep=", "hparams_search=")):
             continue
         try:
             if parser.parse_override(text).is_sweep_override():

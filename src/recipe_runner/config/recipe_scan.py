@@ -36,7 +36,11 @@ FORBIDDEN = {
 SWEEP_PARAMS = "hydra.sweeper.params"
 WRITTEN_PATHS = ("synth.out",)  # folders a run writes into that a recipe may name
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a file name in a group: no /, no leading dot
-CHOOSABLE_GROUPS = {"recipe": ("/model", "/logger"), "sweep": ()}  # groups a shared file's defaults may choose
+CHOOSABLE_GROUPS = {"recipe": ("/model", "/logger"), "sweep": (), "search": ()}  # groups a shared file's defaults may choose
+FOLDERS = {"sweep": "sweep", "search": "hparams_search"}  # conf/<folder>: where each kind of swept file lives
+# what a search file (conf/hparams_search) sets besides hydra.sweeper.params: names and numbers the
+# sweeper's schema checks (samplers and pruners by name, never a class); n_jobs is the user's machine's
+SEARCH_SETTINGS = ("n_trials", "sampler", "seed", "objectives", "pruner")
 USER_RULE = ("is a user setting ({why}): a shared file cannot set it; set it on the command line or in your own "
              "~/.config/recipe-runner/user.yaml")
 
@@ -115,7 +119,7 @@ class SharedFileScan:
             self.refuse(key, name, f"is not allowed: {FORBIDDEN[name]}")
         if "${" in name:
             self.refuse(key, dotted, "is not allowed: a key is a plain name, not an interpolation")
-        if self.kind == "sweep":
+        if self.kind in FOLDERS:
             self.check_sweep_key(key, dotted, value)
             return
         if dotted == "hydra" or dotted.startswith("hydra."):
@@ -129,12 +133,16 @@ class SharedFileScan:
 
     def check_sweep_key(self, key: yaml.Node, dotted: str, value: yaml.Node) -> None:
         parts, params = dotted.split("."), SWEEP_PARAMS.split(".")
+        allowed = SWEEP_PARAMS if self.kind == "sweep" else \
+            f"{SWEEP_PARAMS} and hydra.sweeper.{{{','.join(SEARCH_SETTINGS)}}}"
         if parts == params[: len(parts)]:  # hydra, hydra.sweeper, hydra.sweeper.params
             if not isinstance(value, yaml.MappingNode):
-                self.refuse(key, dotted, f"is not allowed: a sweep file sets {SWEEP_PARAMS} only")
+                self.refuse(key, dotted, f"is not allowed: a {self.kind} file sets {allowed} only")
             return
+        if self.kind == "search" and len(parts) == 3 and parts[:2] == params[:2] and parts[2] in SEARCH_SETTINGS:
+            return  # a name or a number, checked by the sweeper's schema when Hydra composes
         if parts[: len(params)] != params:
-            self.refuse(key, dotted, f"is not allowed: a sweep file sets {SWEEP_PARAMS} only")
+            self.refuse(key, dotted, f"is not allowed: a {self.kind} file sets {allowed} only")
         problem = swept_key_problem(".".join(parts[len(params):]))
         if problem:
             self.refuse(key, dotted, problem)
@@ -165,7 +173,8 @@ class SharedFileScan:
         in a group this kind may choose; anything Hydra would resolve to another place is refused."""
         if not isinstance(node, yaml.SequenceNode):
             self.refuse(node, "defaults", "must be a list")
-        own = self.recipes if self.kind == "recipe" else self.sweeps
+        own = self.recipes if self.kind == "recipe" else self.sweeps if self.kind == "sweep" else \
+            self.conf / FOLDERS[self.kind]
         nested = []
         for entry in node.value:
             if isinstance(entry, yaml.ScalarNode):

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from recipe_runner.config.choices import (  # noqa: F401 - re-exported: the schema's vocabulary
-    Answers, BadLine, DialogueMode, ExportFormat, Format, Loss, MixUnit, Precision, Quant, Role, Stage, Strategy, SystemPrompt, TrainOn, WandbMode,
+    Answers, BadLine, DialogueMode, SearchPruner, ExportFormat, Format, Loss, MixUnit, Precision, Quant, Role, Stage, Strategy, SystemPrompt, TrainOn, WandbMode,
 )
 from recipe_runner.config.schema_synth import (  # noqa: F401 - re-exported: schema.X keeps naming every group
     SynthCheckConfig, SynthConfig, SynthGeneratorConfig, SynthPromptsConfig, SynthSituationsConfig,
@@ -238,6 +238,18 @@ class PathsConfig:
 
 
 @dataclass
+class TrialConfig:
+    journal: Optional[str] = None  # the search's journal file (<sweep folder>/study.journal); None: not a search trial
+    study: Optional[str] = None  # the study's name (also the W&B group)
+    number: Optional[int] = None  # this trial's number in the study (its job folder's leading number)
+    pruning_number: Optional[int] = None  # its number in the twin study the per-epoch scores go to
+    pruner: SearchPruner = SearchPruner.none  # stop the trial when this pruner says so (hydra.sweeper.pruner)
+
+
+TRIAL_KEYS = tuple(f"trial.{name}" for name in TrialConfig.__dataclass_fields__)  # never in a job folder's name
+
+
+@dataclass
 class RunConfig:
     name: str = "unnamed"  # recipe name: folders, W&B run names and tags
     description: str = ""  # one line shown by --cfg and in the W&B config
@@ -256,6 +268,7 @@ class RunConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)  # stage=serve
     export: ExportConfig = field(default_factory=ExportConfig)  # stage=export
     synth: SynthConfig = field(default_factory=SynthConfig)  # stage=synthesize: training dialogues from the bible
+    trial: TrialConfig = field(default_factory=TrialConfig)  # set by hydra/sweeper=optuna for each trial, never by hand
 
 
 def register() -> None:

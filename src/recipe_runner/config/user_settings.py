@@ -51,6 +51,7 @@ USER_SETTINGS = {
              "never what to do",
     "adapter": "which of your adapters is loaded",
     "sweep_dir": "which of your sweep folders is read",
+    "trial": "which study on your disk a run reports to (set by the search itself)",
     "train.resume": "which checkpoint on your disk is loaded (a checkpoint is a pickle)",
     "synth.generator": "the generator's endpoint, model, key variable and budget decide where your bible goes, which "
                        "key is sent and how much you spend",

@@ -3,7 +3,10 @@
 Reads every job folder of a sweep (summary.json, checks, logs/metrics.csv, or error.txt) and
 writes compare.md and compare.csv into the sweep folder, one plot per swept parameter
 (compare_<key>.png: held-out loss and persona adherence against the parameter) and the
-validation curves of all jobs overlaid (compare_loss_curves.png).
+validation curves of all jobs overlaid (compare_loss_curves.png). After a search
+(hydra/sweeper=optuna) the trials on the study's Pareto front (pareto.json, written by
+search/driver.py) are marked, pruned trials say so, and compare_pareto.png plots the adherence
+gain against forgetting with the front.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def job_row(job: Path) -> dict:
     s = json.loads((job / "summary.json").read_text())
     checks = {"best": s.get("checks_best") or {}, "baseline": s.get("baseline") or {}}
     val = s.get("val_loss", {})
-    return {**row, "status": "ok", "best epoch": s.get("best_epoch"), "val/loss": val.get("val/loss"),
+    pruned = (s.get("search") or {}).get("pruned_at_epoch")
+    return {**row, "status": "ok" if pruned is None else f"pruned at epoch {pruned}", "best epoch": s.get("best_epoch"), "val/loss": val.get("val/loss"),
             "val/loss_niche": val.get("val/loss_niche"), "val/loss_general": val.get("val/loss_general"),
             **{column: checks[side].get(key) for column, side, key in CHECK_COLUMNS},
             "tok/s": round(s["tokens_per_second"]) if s.get("tokens_per_second") else None}
@@ -72,7 +76,7 @@ def plots(rows: list[dict], jobs: list[Path], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" or r["status"].startswith("pruned")]
     for key in sorted({k for r in ok for k in r if k.startswith("param:")}):
         name = key.removeprefix("param:")
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -104,6 +108,34 @@ def plots(rows: list[dict], jobs: list[Path], out: Path) -> list[Path]:
     return made + [out / "compare_loss_curves.png"]
 
 
+def pareto_plot(rows: list[dict], out: Path) -> Path | None:
+    """Adherence gain (up is better) against the ordinary-prompt NLL change (left is better), the
+    front joined: the trade-off a search found."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(float(r["ordinary nll Δ"]), float(r["gain"]), r["job"], r.get("pareto") == "yes") for r in rows
+              if r["status"] == "ok" and r.get("gain") is not None and r.get("ordinary nll Δ") is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([p[0] for p in points if not p[3]], [p[1] for p in points if not p[3]], color="grey", label="trial")
+    front = sorted((p for p in points if p[3]), key=lambda p: p[0])
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="C3", label="Pareto front")
+    for x, y, job, _ in points:
+        ax.annotate(job, (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set(xlabel="forgetting: ordinary-prompt NLL change (nats/token, lower is better)",
+           ylabel="adherence gain over the prompt-only baseline", title="search: gain vs forgetting")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "compare_pareto.png", dpi=100)
+    plt.close(fig)
+    return out / "compare_pareto.png"
+
+
 def compare(sweep_dir: str) -> dict:
     folder = Path(sweep_dir)
     jobs = sorted((p for p in folder.iterdir() if p.is_dir() and p.name[:1].isdigit()),
@@ -111,13 +143,17 @@ def compare(sweep_dir: str) -> dict:
     if not jobs:
         raise RecipeError(f"sweep_dir={sweep_dir}: no job folders (0_..., 1_...) found there")
     rows = [job_row(j) for j in jobs]
+    front = json.loads((folder / "pareto.json").read_text())["trials"] if (folder / "pareto.json").exists() else None
+    columns = COLUMNS[1:] if front is None else ["pareto", *COLUMNS[1:]]
+    for r in rows:
+        r["pareto"] = "yes" if front is not None and int(r["job"]) in front else ""
     params = sorted({k for r in rows for k in r if k.startswith("param:")})
-    header = ["job", *[p.removeprefix("param:") for p in params], *COLUMNS[1:]]
-    cells = [[r["job"], *[r.get(p, "") for p in params], *[cell(r.get(c)) for c in COLUMNS[1:]]] for r in rows]
+    header = ["job", *[p.removeprefix("param:") for p in params], *columns]
+    cells = [[r["job"], *[r.get(p, "") for p in params], *[cell(r.get(c)) for c in columns]] for r in rows]
     with open(folder / "compare.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *cells])
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, c)) + " |" for c in cells]
-    images = plots(rows, jobs, folder)
+    images = plots(rows, jobs, folder) + ([p for p in [pareto_plot(rows, folder)] if p] if front is not None else [])
     (folder / "compare.md").write_text(f"# Sweep {folder.name}\n\n" + "\n".join(md) + "\n\n"
                                        + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
     table = Table(title=f"sweep {folder}")

@@ -48,7 +48,8 @@ def build_training(cfg: DictConfig, prepared: Prepared) -> tuple:
     return model, dm, module
 
 
-def callbacks(cfg: DictConfig, run_dir: Path, evals: L.Callback, selection: Selection, card: dict) -> list[L.Callback]:
+def callbacks(cfg: DictConfig, run_dir: Path, evals: L.Callback, selection: Selection, card: dict,
+              extra: list[L.Callback]) -> list[L.Callback]:
     t = cfg.train
     out = [
         evals,
@@ -59,6 +60,7 @@ def callbacks(cfg: DictConfig, run_dir: Path, evals: L.Callback, selection: Sele
                                           patience=t.early_stopping.patience, min_delta=t.early_stopping.min_delta,
                                           check_on_train_epoch_end=False),  # only after validation
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
+        *extra,  # a search trial's pruning report (search/pruning.py)
     ]
     if not sys.stdout.isatty():  # a log file: plain progress lines instead of a bar that shows nothing until the end
         out.append(LogProgress())
@@ -109,13 +111,14 @@ class Trained:
         }
 
 
-def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list, ckpt: str | None) -> Trained:
+def fit(cfg: DictConfig, prepared: Prepared, run_dir: Path, evals, loggers: list, ckpt: str | None,
+        extra: list[L.Callback] = ()) -> Trained:
     """Train with the evaluation callback `evals` (the selection too, when it `selects`); every
     adapter saved carries the run's card (persona.json)."""
     model, dm, module = build_training(cfg, prepared)
     selection = evals if evals.selects else MetricSelection(cfg.train.early_stopping.monitor)
     card = run_card(cfg, prepared.tokenizer, prepared.model_path)
-    cbs = callbacks(cfg, run_dir, evals, selection, card)
+    cbs = callbacks(cfg, run_dir, evals, selection, card, list(extra))
     trainer = trainer_for(cfg, run_dir, prepared.precision, loggers, cbs)
     if ckpt and trainer.is_global_zero:
         carry_adapters(Path(ckpt), run_dir / "adapters")
