@@ -10,6 +10,8 @@ port with OMP_NUM_THREADS=--threads, polled until /v1/models answers:
                       one generation at a time, as stage=serve was before engines
   ours-batched-f32    the same at serve.max_concurrent=--max-concurrent: continuous batching
   ours-batched        the default: batching and serve.dtype=auto (bfloat16 on AVX512-BF16/AMX CPUs)
+  ours-llamacpp-2p    the same with serve.engine_processes=2: two llama-servers on the one base file, a
+                      persona each, --threads split between them
   ours-llamacpp       serve.engine=llamacpp: llama-server with the base GGUF (--gguf-type) and every
                       adapter's GGUF LoRA, behind our front (persona prompt, template, limits, counts)
   llama-server        the bare engine: the same files, its own OpenAI endpoint and chat template, the
@@ -215,8 +217,9 @@ class Persona:
 
 
 PAIRS = (("ours-batched-f32", "ours-1"), ("ours-batched", "ours-1"), ("ours-llamacpp", "llama-server"),
-         ("ours-llamacpp", "ours-1"))
-SERVERS = ("ours-1", "ours-batched-f32", "ours-batched", "ours-llamacpp", "llama-server", "transformers-serve")
+         ("ours-llamacpp", "ours-1"), ("ours-llamacpp-2p", "ours-llamacpp"))
+SERVERS = ("ours-1", "ours-batched-f32", "ours-batched", "ours-llamacpp", "ours-llamacpp-2p", "llama-server",
+           "transformers-serve")
 
 
 def main() -> None:
@@ -277,6 +280,10 @@ def main() -> None:
             elif server == "ours-llamacpp":
                 cmd, url = front("llamacpp", a.max_concurrent, f"serve.gguf_type={a.gguf_type}",
                                  f"serve.engine_threads={a.threads}")
+                personas = ours
+            elif server == "ours-llamacpp-2p":  # two llama-servers on the same base file, a persona each
+                cmd, url = front("llamacpp", a.max_concurrent, f"serve.gguf_type={a.gguf_type}",
+                                 "serve.engine_processes=2", f"serve.engine_threads={max(1, a.threads // 2)}")
                 personas = ours
             elif server == "llama-server":
                 cmd, url, personas = bare_llama_server(adapters, cards, model_path, cache, a)

@@ -43,6 +43,9 @@ optimizer (adamw_torch_fused), LR schedule, shuffling, TRL's cast of LoRA weight
 Timed window: from the first micro-batch of optimizer step `warmup` (0-based) to the end of the last
 optimizer step; tokens are counted over the same micro-batches: non-pad = attention-mask sum (TRL
 padding-free rows have no padding, so their length), supervised = labels[:, 1:] != -100.
+tok_s is the mean over that window; tok_s_median, tok_s_min and tok_s_max are over its optimizer steps (each
+step from the end of the one before to its own end, synchronised on a GPU), whose rows are in step_samples
+of the --json output. Quote the median with its range: a single short window moves with the machine.
 """
 
 from __future__ import annotations
@@ -91,7 +94,10 @@ def snapshot_sources(cfg, dest: Path) -> list[str]:
 
 
 class Meter:
-    """Tokens and time over the micro-batches of optimizer steps >= warmup."""
+    """Tokens and time over the micro-batches of optimizer steps >= warmup, in total and per optimizer step.
+
+    Step k's time runs from the end of step k-1 (for the first timed step: its first micro-batch) to the end of
+    its last micro-batch (synchronised), so the steps' times add up to the whole window."""
 
     def __init__(self, warmup: int):
         import torch
@@ -99,6 +105,10 @@ class Meter:
         self.sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
         self.warmup, self.t0, self.t1 = warmup, None, None
         self.tokens = self.supervised = self.micro = 0
+        self.step = None  # the optimizer step of the latest micro-batch
+        self.step_tokens: dict[int, int] = {}
+        self.step_supervised: dict[int, int] = {}
+        self.step_end_at: dict[int, float] = {}
 
     def batch(self, step: int, n_real, labels) -> None:
         if step < self.warmup:
@@ -106,21 +116,46 @@ class Meter:
         if self.t0 is None:
             self.sync()
             self.t0 = time.perf_counter()
-        self.tokens += int(n_real)
-        self.supervised += int((labels[:, 1:] != -100).sum())  # positions that carry a next-token loss
+        n, sup = int(n_real), int((labels[:, 1:] != -100).sum())  # positions that carry a next-token loss
+        self.tokens += n
+        self.supervised += sup
         self.micro += 1
+        self.step = step
+        self.step_tokens[step] = self.step_tokens.get(step, 0) + n
+        self.step_supervised[step] = self.step_supervised.get(step, 0) + sup
 
     def step_end(self) -> None:  # called after every (micro-)step: the last call closes the window
         if self.t0 is not None:
             self.sync()
             self.t1 = time.perf_counter()
+            self.step_end_at[self.step] = self.t1
+
+    def per_step(self) -> list[dict]:
+        """One row per timed optimizer step: tokens, label tokens, seconds."""
+        rows, before = [], self.t0
+        for step in sorted(self.step_end_at):
+            secs = self.step_end_at[step] - before
+            before = self.step_end_at[step]
+            rows.append({"step": step, "tokens": self.step_tokens[step], "supervised": self.step_supervised[step],
+                         "seconds": secs})
+        return rows
 
     def result(self, steps: int) -> dict:
+        import statistics
+
         secs = self.t1 - self.t0 if self.t1 is not None else float("nan")
         timed = steps - self.warmup
+        rows = self.per_step()
+        rates = [r["tokens"] / r["seconds"] for r in rows if r["seconds"] > 0]
+        sup_rates = [r["supervised"] / r["seconds"] for r in rows if r["seconds"] > 0]
         return {"timed_steps": timed, "micro_batches": self.micro, "tokens": self.tokens,
                 "supervised": self.supervised, "seconds": secs, "tok_s": self.tokens / secs,
-                "sup_tok_s": self.supervised / secs, "tok_per_step": self.tokens / max(timed, 1)}
+                "sup_tok_s": self.supervised / secs, "tok_per_step": self.tokens / max(timed, 1),
+                # per optimizer step: the median and the range of non-pad tok/s (tok_s above is the mean)
+                "tok_s_median": statistics.median(rates) if rates else None,
+                "tok_s_min": min(rates) if rates else None, "tok_s_max": max(rates) if rates else None,
+                "sup_tok_s_median": statistics.median(sup_rates) if sup_rates else None,
+                "step_samples": rows}
 
 
 def load_common(cfg):
@@ -133,6 +168,15 @@ def load_common(cfg):
     parts = load_prepared(cfg)
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     return parts, on_gpu
+
+
+def shape_facts(model, lengths) -> dict:
+    """For bench/gpu_report.py's FLOPs per token: the trainable (LoRA) parameters, and attn_len = sum(s^2) /
+    sum(s) over the training examples' lengths s (under the causal mask a token attends to attn_len / 2
+    positions on average, the mean taken over tokens)."""
+    lengths = [int(n) for n in lengths]
+    return {"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "attn_len": sum(n * n for n in lengths) / max(sum(lengths), 1)}
 
 
 def adapter_dtype(model) -> str:
@@ -169,6 +213,7 @@ def run_ours(cfg, steps: int, warmup: int, workdir: Path) -> dict:
         f"{cfg.train.batch_size} examples"
     return {"precision": f"{precision}, lora {adapter_dtype(model)}", "steps": trainer.global_step,
             "data_tokens": sum(mix.train["n_tokens"]), "examples": len(mix.train),
+            **shape_facts(model, mix.train["n_tokens"]),
             "notes": f"micro-batch {rows}, grad_accum {cfg.train.grad_accum}, grad ckpt "
                      f"{cfg.model.gradient_checkpointing}, loss on {TrainOn(cfg.template.train_on).value} tokens",
             **meter.result(trainer.global_step)}
@@ -261,7 +306,7 @@ def run_trl(cfg, steps: int, warmup: int, workdir: Path, packing: bool, trl_gc: 
     amp = "bf16-mixed" if args.bf16 else "16-mixed" if args.fp16 else "32-true"
     loss = "assistant" if args.assistant_only_loss else "all"
     return {"precision": f"{amp}, lora {adapter_dtype(trainer.model)}", "steps": trainer.state.global_step,
-            "data_tokens": data_tokens, "examples": len(dataset),
+            "data_tokens": data_tokens, "examples": len(dataset), **shape_facts(trainer.model, lengths),
             "notes": f"{how}, grad_accum {args.gradient_accumulation_steps}, grad ckpt "
                      f"{args.gradient_checkpointing}, loss on {loss} tokens, optim {args.optim.value}",
             **meter.result(trainer.state.global_step)}
@@ -282,17 +327,23 @@ def worker(a, overrides: list[str]) -> None:
     Path(a.result).write_text(json.dumps(res))
 
 
+def _spread(r: dict) -> str:
+    if r.get("tok_s_median") is None:
+        return "-"
+    return f"{r['tok_s_median']:.1f} [{r['tok_s_min']:.1f}-{r['tok_s_max']:.1f}]"
+
+
 def print_table(results: dict) -> None:
     cuda = any(r.get("peak_cuda_mb") for r in results.values())
     cols = ["runner", "precision", "steps", "non-pad tok", "label tok", "seconds", "non-pad tok/s",
-            "label tok/s", "tok/step", "peak RSS MB"] + (["peak CUDA MB"] if cuda else [])
+            "median [min-max] per step", "label tok/s", "tok/step", "peak RSS MB"] + (["peak CUDA MB"] if cuda else [])
     rows = [cols]
     for name, r in results.items():
         if "error" in r:
             rows.append([name, "FAILED: " + r["error"]] + [""] * (len(cols) - 2))
             continue
         rows.append([name, r["precision"], str(r["timed_steps"]), f"{r['tokens']:,}", f"{r['supervised']:,}",
-                     f"{r['seconds']:.1f}", f"{r['tok_s']:.1f}", f"{r['sup_tok_s']:.1f}",
+                     f"{r['seconds']:.1f}", f"{r['tok_s']:.1f}", _spread(r), f"{r['sup_tok_s']:.1f}",
                      f"{r['tok_per_step']:,.0f}", f"{r['peak_rss_mb']:,.0f}"]
                     + ([f"{r['peak_cuda_mb'] or 0:,.0f}"] if cuda else []))
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
@@ -313,7 +364,9 @@ def print_table(results: dict) -> None:
         if "tok_s" in ours and "tok_s" in o:
             mem = f", peak CUDA x{ours['peak_cuda_mb'] / o['peak_cuda_mb']:.2f}" \
                 if ours.get("peak_cuda_mb") and o.get("peak_cuda_mb") else ""
-            print(f"ours/{other}: non-pad tok/s x{ours['tok_s'] / o['tok_s']:.2f}, label tok/s "
+            med = f" (per-step medians x{ours['tok_s_median'] / o['tok_s_median']:.2f})" \
+                if ours.get("tok_s_median") and o.get("tok_s_median") else ""
+            print(f"ours/{other}: non-pad tok/s x{ours['tok_s'] / o['tok_s']:.2f}{med}, label tok/s "
                   f"x{ours['sup_tok_s'] / o['sup_tok_s']:.2f}, peak RSS x{ours['peak_rss_mb'] / o['peak_rss_mb']:.2f}"
                   + mem)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, offline, under 8 minutes: QLoRA's CUDA path (NF4 + double quant, bf16-mixed) through
-# `python run.py` and TRL's SFTTrainer through bench/bench_train.py, on randomly initialised models of
-# two real architectures (SmolLM2-135M; a ~1B Llama), then one table of tok/s and peak GPU memory.
+# `python run.py` (one run with the evaluation's generation on) and TRL's SFTTrainer, unpacked and packed,
+# through bench/bench_train.py, on randomly initialised models of two real architectures (SmolLM2-135M; a
+# ~1B Llama), then tables of per-step median tok/s, MFU, peak GPU memory and the evaluation's share.
 #
 #   bash bench/gpu_check.sh            # from anywhere; it works in the repository root
 #
@@ -11,20 +12,25 @@
 #   1. preflight: python, torch, a CUDA device (refuses without one)
 #   2. pip install --no-index the wheels in bench/wheels, then the project itself (--no-deps -e .);
 #      bench/gpu_report.py deps checks pyproject.toml's dependencies and the imports
-#   3. bench/gpu_models.py build: random models (bf16 safetensors + bench/tokenizer/) in a temp folder
-#   4. per model: python run.py ... (train.max_steps, small eval budget, W&B off); summary.json must exist
-#   5. per model: python bench/bench_train.py --only ours,trl ... --json (same data, model, LoRA, NF4)
-#   6. bench/gpu_report.py table: the table, DIR/gpu_check.json; non-zero exit on any missing result
+#   3. bench/gpu_report.py peak: the GPU's bf16 matmul TFLOP/s (MFU's denominator), DIR/peak.json
+#   4. bench/gpu_models.py build: random models (bf16 safetensors + bench/tokenizer/) in a temp folder
+#   5. per model: python run.py ... (train.max_steps, W&B off); summary.json must exist. The evaluation's
+#      generation checks run for GPU_CHECK_EVAL_MODEL only (4 prompts per set, 1 conversation, 16 new tokens);
+#      the other models run with eval.checks=false (the general-loss validation stays)
+#   6. per model: python bench/bench_train.py --only ours,trl,trl_packing ... --json (same data, model, LoRA, NF4)
+#   7. bench/gpu_report.py table: the tables, DIR/gpu_check.json; non-zero exit on any missing result
 #
-# Knobs (environment): PYTHON (python3), GPU_CHECK_MODELS (smollm2-135m,llama-1b), GPU_CHECK_STEPS (20,
-# run.py optimizer steps), GPU_CHECK_BENCH_STEPS (8) and GPU_CHECK_BENCH_WARMUP (2), GPU_CHECK_BENCH_RUNS
-# (ours,trl), GPU_CHECK_RECIPE (alex_persona), GPU_CHECK_PRECISION (bf16-mixed), GPU_CHECK_TRL_GC (recipe:
+# Knobs (environment): PYTHON (python3), GPU_CHECK_MODELS (smollm2-135m,llama-1b), GPU_CHECK_STEPS (5,
+# run.py optimizer steps), GPU_CHECK_BENCH_STEPS (12) and GPU_CHECK_BENCH_WARMUP (2: each bench figure is the
+# median of 10 timed steps), GPU_CHECK_BENCH_RUNS (ours,trl,trl_packing), GPU_CHECK_EVAL_MODEL (the first of
+# GPU_CHECK_MODELS; `none`: no generation checks), GPU_CHECK_RECIPE (alex_persona), GPU_CHECK_PRECISION (bf16-mixed), GPU_CHECK_TRL_GC (recipe:
 # TRL gets the recipe's gradient checkpointing, as ours; `default` leaves TRL's own on), GPU_CHECK_EXTRA
 # (more Hydra overrides for both sides), GPU_CHECK_WORKDIR (a new /tmp folder), GPU_CHECK_SAVE (on any
 # exit, copy gpu_check.json and gpu_check_logs.txt, the tail of every log, there: e.g. $OUT), GPU_CHECK_BUDGET_S (455: all steps), GPU_CHECK_STEP_TIMEOUT_S
-# (each step's own limit, 60-180 s by default), GPU_CHECK_SKIP_INSTALL=1 (use the
+# (each step's own limit, 60-210 s by default), GPU_CHECK_SKIP_INSTALL=1 (use the
 # environment as it is), GPU_CHECK_KEEP=1 (keep the model folders), GPU_CHECK_ALLOW_CPU=1 (plumbing test
-# on a machine without a GPU: no CUDA required, models built on the CPU; its numbers mean nothing).
+# on a machine without a GPU: no CUDA required, models built on the CPU, the matmul peak a small CPU stand-in;
+# its numbers mean nothing).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -33,10 +39,12 @@ PY=${PYTHON:-python3}
 START=$(date +%s)
 BUDGET=${GPU_CHECK_BUDGET_S:-455}   # + at most 10 s kill grace + the table: under 8 minutes
 MODELS=${GPU_CHECK_MODELS:-smollm2-135m,llama-1b}
-STEPS=${GPU_CHECK_STEPS:-20}
-BENCH_STEPS=${GPU_CHECK_BENCH_STEPS:-8}
+STEPS=${GPU_CHECK_STEPS:-5}
+BENCH_STEPS=${GPU_CHECK_BENCH_STEPS:-12}
 BENCH_WARMUP=${GPU_CHECK_BENCH_WARMUP:-2}
-BENCH_RUNS=${GPU_CHECK_BENCH_RUNS:-ours,trl}
+BENCH_RUNS=${GPU_CHECK_BENCH_RUNS:-ours,trl,trl_packing}
+EVAL_MODEL=${GPU_CHECK_EVAL_MODEL:-${MODELS%%,*}}
+if [[ $EVAL_MODEL == none ]]; then EVAL_MODEL=; fi
 RECIPE=${GPU_CHECK_RECIPE:-alex_persona}
 PRECISION=${GPU_CHECK_PRECISION:-bf16-mixed}
 TRL_GC=${GPU_CHECK_TRL_GC:-recipe}
@@ -85,6 +93,10 @@ step() {
     fi
     say "$name: ok in $(( $(date +%s) - t0 ))s"
 }
+
+if [[ -n $EVAL_MODEL && ,$MODELS, != *,$EVAL_MODEL,* ]]; then
+    CURRENT=start; die "GPU_CHECK_EVAL_MODEL=$EVAL_MODEL is not one of GPU_CHECK_MODELS=$MODELS (or set it to none)"
+fi
 
 # 1. preflight ---------------------------------------------------------------------------------------------
 CURRENT=preflight
@@ -136,23 +148,33 @@ fi
 step "dependency check" 60 "$WORK/deps.log" "$PY" bench/gpu_report.py deps
 grep '^\[deps\]' "$WORK/deps.log" || true
 
-# 3. random models -------------------------------------------------------------------------------------------
+# 3. the GPU's bf16 matmul peak (MFU's denominator) -----------------------------------------------------------
+step "matmul peak" 60 "$WORK/peak.log" "$PY" bench/gpu_report.py peak --work "$WORK" "${CUDA_FLAG[@]}"
+grep '^\[gpu_check\]' "$WORK/peak.log" || true
+
+# 4. random models -------------------------------------------------------------------------------------------
 step "build models" 120 "$WORK/models.log" \
     "$PY" bench/gpu_models.py build --out "$WORK/models" --models "$MODELS" --device "$DEVICE"
 grep '^\[gpu_models\]' "$WORK/models.log" || true
 
-# 4./5. per model: run.py, then bench_train.py ---------------------------------------------------------------
+# 5./6. per model: run.py, then bench_train.py ---------------------------------------------------------------
 COMMON=(model.quant=nf4 model.double_quant=true "train.precision=$PRECISION" "paths.cache_dir=$WORK/cache")
+# the generation checks, timed on one model: the baseline before training and one evaluation after it
+EVAL_ON=(eval.checks=true eval.max_prompts=4 eval.max_dialogues=1 eval.max_new_tokens=16 eval.max_still_answers=4
+    eval.heldout_dialogues=0)
 IFS=, read -r -a MODEL_LIST <<<"$MODELS"
 for m in "${MODEL_LIST[@]}"; do
-    limit_run=120; limit_bench=150
-    if [[ $m == llama-1b ]]; then limit_run=150; limit_bench=180; fi
+    limit_run=90; limit_bench=180
+    if [[ $m == llama-1b ]]; then limit_run=120; limit_bench=210; fi
+    EVAL_ARGS=(eval.checks=false); EVAL_FLAG=()
+    if [[ $m == "$EVAL_MODEL" ]]; then EVAL_ARGS=("${EVAL_ON[@]}"); EVAL_FLAG=(--eval); limit_run=$(( limit_run + 60 )); fi
     step "run.py $m" "$limit_run" "$WORK/run_$m.log" \
         "$PY" run.py "recipe=$RECIPE" "model.name_or_path=$WORK/models/$m" "${COMMON[@]}" \
-        "train.max_steps=$STEPS" eval.max_prompts=4 eval.max_new_tokens=16 eval.max_dialogues=0 \
-        eval.heldout_dialogues=0 logger.wandb.enabled=false "paths.output_dir=$WORK/runs/$m" "${EXTRA[@]}"
+        "train.max_steps=$STEPS" "${EVAL_ARGS[@]}" logger.wandb.enabled=false "paths.output_dir=$WORK/runs/$m" \
+        "${EXTRA[@]}"
     CURRENT="run.py $m: summary.json"
-    "$PY" bench/gpu_report.py run --work "$WORK" --model "$m" "${CUDA_FLAG[@]}" || die "see the line above"
+    "$PY" bench/gpu_report.py run --work "$WORK" --model "$m" "${CUDA_FLAG[@]}" "${EVAL_FLAG[@]}" \
+        || die "see the line above"
 
     step "bench_train $m" "$limit_bench" "$WORK/bench_$m.log" \
         "$PY" bench/bench_train.py --recipe "$RECIPE" --steps "$BENCH_STEPS" --warmup "$BENCH_WARMUP" \
@@ -162,10 +184,10 @@ for m in "${MODEL_LIST[@]}"; do
     "$PY" bench/gpu_report.py bench --work "$WORK" --model "$m" "${CUDA_FLAG[@]}" || die "see the line above"
 done
 
-# 6. the table -----------------------------------------------------------------------------------------------
+# 7. the tables ----------------------------------------------------------------------------------------------
 CURRENT=table
-"$PY" bench/gpu_report.py table --work "$WORK" --models "$MODELS" "${CUDA_FLAG[@]}" \
+"$PY" bench/gpu_report.py table --work "$WORK" --models "$MODELS" "${CUDA_FLAG[@]}" --eval-model "$EVAL_MODEL" \
     || die "incomplete or failed results (see above)"
 [[ ${GPU_CHECK_KEEP:-0} == 1 ]] || rm -rf "$WORK/models"
 echo
-say "OK: recipe $RECIPE, $PRECISION, NF4 double quant; run.py $STEPS steps, bench $BENCH_STEPS steps ($BENCH_WARMUP untimed), runs $BENCH_RUNS; results $WORK/gpu_check.json"
+say "OK: recipe $RECIPE, $PRECISION, NF4 double quant; run.py $STEPS steps (generation checks: ${EVAL_MODEL:-none}), bench $BENCH_STEPS steps ($BENCH_WARMUP untimed), runs $BENCH_RUNS; results $WORK/gpu_check.json"

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "src" / "recipe_runner" / "config" / "schema.py"
 CHOICES = SCHEMA.with_name("choices.py")  # the enums: their members' comments are the choices' meanings
 OUT = ROOT / "docs" / "reference.md"
+SWEEPER = ROOT / "src" / "hydra_plugins" / "recipe_runner_optuna" / "optuna_sweeper.py"  # hydra.sweeper (searches)
 sys.path.insert(0, str(ROOT / "src"))
 
 from recipe_runner.config.user_settings import USER_SETTINGS, user_setting  # noqa: E402
@@ -143,6 +144,8 @@ class Reference:
         self.read_comments_of(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if f.name.startswith("_"):  # the sweeper's _target_: ours, not a setting
+                continue
             key = f"{path}.{f.name}" if path else f.name
             self.keys.add(key)
             tp, optional = unwrap_optional(hints[f.name])
@@ -171,8 +174,12 @@ class Reference:
             text += f"<br>**user setting**: {cell(USER_SETTINGS[key])}"
         elif owner:
             text += " *(user setting)*"
+        listed = typing.get_origin(tp) is list and isinstance(typing.get_args(tp)[0], type) and \
+            issubclass(typing.get_args(tp)[0], enum.Enum)
+        if listed:  # hydra.sweeper.objectives: a list of choices
+            tp = typing.get_args(tp)[0]
         if isinstance(tp, type) and issubclass(tp, enum.Enum):
-            kind, names = "choice", ", ".join(f"`{m.value}`" for m in tp)
+            kind, names = "list of choices" if listed else "choice", ", ".join(f"`{m.value}`" for m in tp)
             if tp.__name__ in OWN_TABLE:
                 text += f"<br>choices: {names} (see [Source formats](#{OWN_TABLE[tp.__name__]}))"
             else:
@@ -185,6 +192,11 @@ class Reference:
 
     def markdown(self) -> str:
         self.walk(self.module.RunConfig(), "", "")
+        sweeper = load_schema(SWEEPER)
+        self.walk(sweeper.OptunaSweeperConf(), "hydra.sweeper",
+                  "`hydra/sweeper=optuna`, chosen by `python run.py -m hparams_search=NAME` (docs/usage.md, Searches): "
+                  "a search file (conf/hparams_search/NAME.yaml) sets params, n_trials, sampler, seed, objectives and "
+                  "pruner; n_jobs is yours, on the command line")
         self.missing += [f"USER_SETTINGS[{k!r}] (no such key)" for k in USER_SETTINGS if k not in self.keys]
         out = [HEADER]
         for path, intro, rows in self.sections:

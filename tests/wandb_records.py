@@ -5,6 +5,7 @@ in 32 KiB blocks (crc32c, little-endian length, type FULL/FIRST/MIDDLE/LAST); ea
 a `wandb_internal_pb2.Record`. wandb 0.31 dropped its Python reader, so the tests carry this one.
 """
 
+import json
 import struct
 from pathlib import Path
 
@@ -47,16 +48,15 @@ def history_keys(path: Path) -> set[str]:
 def run_info(path: Path) -> dict:
     for rec in records(path):
         if rec.WhichOneof("record_type") == "run":
-            cfg = {item.key or "/".join(item.nested_key) for item in rec.run.config.update}
-            return {"group": rec.run.run_group, "name": rec.run.display_name, "config_keys": cfg,
-                    "tags": list(rec.run.tags)}
+            config = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                      for item in rec.run.config.update}
+            return {"group": rec.run.run_group, "name": rec.run.display_name, "config_keys": set(config),
+                    "config": config, "tags": list(rec.run.tags)}
     return {}
 
 
 def summary(path: Path) -> dict:
     """The run summary as the file leaves it: later summary records update earlier ones."""
-    import json
-
     out = {}
     for rec in records(path):
         if rec.WhichOneof("record_type") == "summary":

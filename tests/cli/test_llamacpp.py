@@ -191,6 +191,33 @@ def test_our_front_on_llamacpp_answers_as_the_bare_engine(engine_server, exports
         client.chat.completions.create(model="alex", **{**ask, "max_tokens": 100000})
 
 
+def test_two_engine_processes_answer_as_one_and_stop_with_the_stage(engine_server, tiny_runs, tmp_path):
+    """serve.engine_processes=2: a llama-server per persona on the same base file, same greedy answers."""
+    ask = dict(messages=[{"role": "user", "content": PROMPTS[1]}], max_tokens=16, temperature=0)
+    one = openai.OpenAI(base_url=engine_server.url, api_key="none", max_retries=0, timeout=120)
+    want = {m: one.chat.completions.create(model=m, **ask).choices[0].message.content for m in ("alex", "echo", "base")}
+    port = free_port()
+    adapters = "{" + ",".join(f"{name}:{run}" for name, run in tiny_runs.items()) + "}"
+    server = start_serve(["serve.engine=llamacpp", "serve.gguf_type=f16", f"serve.adapters={adapters}",
+                          f"serve.port={port}", "serve.max_concurrent=2", "serve.max_context_tokens=512",
+                          "serve.engine_processes=2", "sampling.temperature=0", "sampling.repetition_penalty=1.0",
+                          "logger.wandb.enabled=false", f"paths.output_dir={tmp_path}"], tmp_path, timeout=300)
+    try:
+        assert "2 processes x 1 threads" in server.log.read_text()
+        two = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
+        got = {m: two.chat.completions.create(model=m, **ask).choices[0].message.content for m in ("alex", "echo", "base")}
+        assert got == want
+        logs = sorted(tmp_path.rglob("engine[01].log"))
+        ports = [re.search(r"listening on http://127\.0\.0\.1:(\d+)", p.read_text()).group(1) for p in logs]
+        assert len(set(ports)) == 2
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=60) == 0
+    for p in ports:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{p}/health", timeout=5)
+
+
 def test_stopping_the_stage_stops_the_engine(engine_server):
     engine_server.proc.send_signal(signal.SIGTERM)
     assert engine_server.proc.wait(timeout=60) == 0

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import NO_USER_SETTINGS, REPO, run_cli, tiny_overrides
+from wandb_records import run_info
 
 SEARCH = "persona_cpu"  # conf/hparams_search/persona_cpu.yaml; the command line narrows it for the tiny model
 TINY = ["eval.max_prompts=2", "eval.max_new_tokens=4", "eval.max_still_answers=4", "data.mix.max_repeats=4",
@@ -51,7 +52,9 @@ def test_a_two_objective_search_prunes_resumes_and_marks_the_pareto_front(tiny_m
     stub_finished_trials(sweep, f"alex_persona_cpu-search_{SEARCH}", score=10.0, epoch=1, epochs=[3, 2, 2, 2])
     args = [a for a in tiny_overrides(tiny_model, tiny_data, tmp_path, *TINY)
             if not a.startswith("data.mix.general_ratio=")]  # the search file's choice(1, 2, 3) stays
-    res = run_cli("-m", f"hparams_search={SEARCH}", *args, "train.max_epochs=choice(2,3)")
+    # two trials at a time through the parallel launcher (joblib): n_jobs is the user's, on the command line
+    res = run_cli("-m", f"hparams_search={SEARCH}", *args, "train.max_epochs=choice(2,3)", "hydra/launcher=parallel",
+                  "hydra.sweeper.n_jobs=2")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study, name = study_of(sweep)
     assert [o.name for o in study.directions] == ["MAXIMIZE", "MINIMIZE"]  # gain up, forgetting down
@@ -74,6 +77,9 @@ def test_a_two_objective_search_prunes_resumes_and_marks_the_pareto_front(tiny_m
             assert t.values == [s["checks_best"]["persona/adherence_gain"], s["checks_best"]["forget/ordinary_nll_delta"]]
         files = list(job.glob("wandb/offline-run-*/run-*.wandb"))  # W&B: the trial number, the study as group
         assert len(files) == 1
+        info = run_info(files[0])
+        assert info["group"] == name and info["name"] == job.name
+        assert info["config"]["trial"]["number"] == t.number and info["config"]["trial"]["study"] == name
     rows = list(csv.DictReader(open(sweep / "compare.csv")))
     front = {t.number for t in study.best_trials}
     assert front and {int(r["job"]) for r in rows if r["pareto"] == "yes"} == front
@@ -102,7 +108,7 @@ def test_a_killed_search_continues_where_it_stopped(tiny_model, tiny_data, tmp_p
     killed_params = study_of(sweep)[0].trials[1].params
     res = run_cli(*args)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "trial 1      did not finish" in res.stdout
+    assert "trial 1        did not finish" in res.stdout
     study, _ = study_of(sweep)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert study.trials[2].params == killed_params  # asked again with the same values

@@ -2,8 +2,8 @@
 
 The order is the run's: the shared ground (errors, console, the stage table), config (schema,
 choices, shared-file safety), model (which base, tokenizer, precision), data (read, clean,
-template, mix), train, evaluate, report, then what uses a trained adapter or the bible (use,
-synthesize), then what ties the stages together (validate, pipeline, runner, cli). An import
+template, mix), train, evaluate, report, then what uses a trained adapter, the bible or the run's scores (use,
+synthesize, search), then what ties the stages together (validate, pipeline, runner, cli). An import
 from a later stage is a circle in waiting: move the shared piece down instead.
 """
 
@@ -13,7 +13,7 @@ from conftest import REPO
 
 SRC = REPO / "src" / "recipe_runner"
 LAYER = {"__init__": 0, "errors": 0, "console": 0, "stages": 0, "config": 1, "model": 2, "data": 3, "train": 4,
-         "evaluate": 5, "report": 6, "use": 7, "synthesize": 7, "validate": 8, "pipeline": 8, "runner": 9, "cli": 10}
+         "evaluate": 5, "report": 6, "use": 7, "synthesize": 7, "search": 7, "validate": 8, "pipeline": 8, "runner": 9, "cli": 10}
 
 
 def imports_of_later_stages() -> list[str]:

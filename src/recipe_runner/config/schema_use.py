@@ -37,6 +37,7 @@ class ServeConfig:
     gguf_type: str = "q8_0"  # llamacpp: the base GGUF's type (q8_0 or f16), written once into paths.cache_dir/gguf
     engine_command: Optional[str] = None  # llamacpp: the llama-server executable (null = .venv/bin's, then PATH); vllm: the python that has vllm (null = this one)
     engine_threads: Optional[int] = None  # llamacpp: llama-server's -t (null = llama.cpp's choice: every core)
+    engine_processes: int = 1  # llamacpp: llama-server processes on the one base file, the personas dealt among them (llama-server batches only requests with the same adapters); the cores are split
     engine_args: List[str] = field(default_factory=list)  # extra arguments for the engine's server, appended as given
     engine_start_timeout_s: float = 300.0  # the engine's server must answer its health check within this
 

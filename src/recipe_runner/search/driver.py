@@ -60,7 +60,7 @@ def run_search(sweeper, arguments: list[str]) -> None:
         started = time.time()
         for (t, _), job in zip(batch, jobs):
             shown = " ".join(j for j in job if not j.startswith(("trial.", "hydra.")) and j not in fixed)
-            console.print(f"trial {t.number}      {shown}", highlight=False)
+            console.print(f"{label(t.number)}{shown}", highlight=False)
         returns = launch(sweeper, batch, jobs)
         for (t, p), ret in zip(batch, returns):
             error = record(study, twin, t, p, ret, objectives, sweep_dir, time.time() - started)
@@ -71,11 +71,15 @@ def run_search(sweeper, arguments: list[str]) -> None:
         raise SearchError(f"{len(failed)} trial(s) failed (their folders hold error.txt): " + "; ".join(failed))
 
 
+def label(number: int) -> str:
+    return f"{f'trial {number}':<15}"  # the console's column of stage names (search, train, evaluation)
+
+
 def retry_killed(study, twin) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        console.print(f"trial {t.number}      did not finish (the sweep was stopped): asked again with the same "
+        console.print(f"{label(t.number)}did not finish (the sweep was stopped): asked again with the same "
                       f"values", highlight=False)
     for t in twin.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         twin.tell(t.number, state=TrialState.FAIL)
@@ -126,7 +130,7 @@ def record(study, twin, t, p, ret, objectives, sweep_dir: Path, seconds: float) 
         if search.get("pruned_at_epoch") is not None:
             study.tell(t, state=TrialState.PRUNED)
             twin.tell(p, state=TrialState.PRUNED)
-            console.print(f"trial {t.number}      pruned at epoch {search['pruned_at_epoch']} ({seconds:.0f} s)", highlight=False)
+            console.print(f"{label(t.number)}pruned at epoch {search['pruned_at_epoch']} ({seconds:.0f} s)", highlight=False)
             return None
         vals, error = values(summary, objectives)
         if vals is not None:
@@ -136,13 +140,13 @@ def record(study, twin, t, p, ret, objectives, sweep_dir: Path, seconds: float) 
                 twin.tell(p, last[-1])
             else:
                 twin.tell(p, state=TrialState.FAIL)
-            console.print(f"trial {t.number}      " + ", ".join(f"{o.value} {v:+.3f}" for o, v in zip(objectives, vals))
+            console.print(f"{label(t.number)}" + ", ".join(f"{o.value} {v:+.3f}" for o, v in zip(objectives, vals))
                           + f" ({seconds:.0f} s)", highlight=False)
             return None
     t.set_user_attr("error", error)
     study.tell(t, state=TrialState.FAIL)
     twin.tell(p, state=TrialState.FAIL)
-    console.print(f"trial {t.number}      [red]failed[/]: {error}", highlight=False)
+    console.print(f"{label(t.number)}[red]failed[/]: {error}", highlight=False)
     return error
 
 

@@ -85,14 +85,31 @@ class LlamaCppPersonas(PersonaCards):
         loras = {n: lora_gguf(self.folders[n], self.cards[n], self.model_path, cache_dir, n) for n in self.cards}
         self.lora_ids = {n: i for i, n in enumerate(loras)}  # llama-server numbers adapters in --lora order
         slots = int(v.max_concurrent)
-        # one --lora with the files comma-separated: a repeated --lora keeps only the last (llama.cpp 0.5)
-        argv = [binary, "-m", str(base), "--lora", ",".join(str(p) for p in loras.values()),
-                "--lora-init-without-apply", "--host", "127.0.0.1", "--port", str(port := free_port()),
-                "-c", str(slots * int(v.max_context_tokens)), "-np", str(slots), "--no-webui",
-                *(["-t", str(v.engine_threads)] if v.engine_threads else []), *map(str, v.engine_args)]
-        self.engine = EngineProcess("llama-server", argv, port, Path(run_dir) / "engine.log", "/health",
-                                    float(v.engine_start_timeout_s))
-        self.described = f"llama.cpp ({Path(binary).name}, base {v.gguf_type} + {len(loras)} LoRA, {slots} slots)"
+        # llama-server batches only requests whose adapter scales are equal (two personas take turns), so
+        # serve.engine_processes > 1 deals the personas among several servers on the same mmapped base
+        # file, each batching its own persona's requests on its share of the cores
+        count = max(1, min(int(v.engine_processes), len(loras)))
+        threads = v.engine_threads or (max(1, (os.cpu_count() or 1) // count) if count > 1 else None)
+        self.engines = []
+        try:
+            self.start_engines(count, binary, base, loras, slots, threads, v, run_dir)
+        except BaseException:
+            self.close()  # the servers already up stop with this one's failure
+            raise
+        self.route = {n: self.engines[i % count] for i, n in enumerate(loras)}  # `base` goes to the first
+        self.described = (f"llama.cpp ({Path(binary).name}, base {v.gguf_type} + {len(loras)} LoRA, {slots} slots"
+                          + (f", {count} processes x {threads} threads" if count > 1 else "") + ")")
+
+    def start_engines(self, count: int, binary: str, base: Path, loras: dict, slots: int, threads, v, run_dir) -> None:
+        for i in range(count):
+            # one --lora with the files comma-separated: a repeated --lora keeps only the last (llama.cpp 0.5)
+            argv = [binary, "-m", str(base), "--lora", ",".join(str(p) for p in loras.values()),
+                    "--lora-init-without-apply", "--host", "127.0.0.1", "--port", str(port := free_port()),
+                    "-c", str(slots * int(v.max_context_tokens)), "-np", str(slots), "--no-webui",
+                    *(["-t", str(threads)] if threads else []), *map(str, v.engine_args)]
+            log = Path(run_dir) / ("engine.log" if count == 1 else f"engine{i}.log")
+            self.engines.append(EngineProcess("llama-server", argv, port, log, "/health",
+                                              float(v.engine_start_timeout_s)))
 
     def body(self, name: str, ids, s: Sampling) -> dict:
         greedy = s.temperature <= 0
@@ -107,16 +124,18 @@ class LlamaCppPersonas(PersonaCards):
         self.check_name(name)
         ids = self.encode(name, messages) if ids is None else ids
         parts, last = [], None
-        for event in self.engine.events("/completion", self.body(name, ids, sampling)):
+        engine = self.route.get(name, self.engines[0])
+        for event in engine.events("/completion", self.body(name, ids, sampling)):
             if event.get("content"):
                 parts.append(event["content"])
                 yield event["content"]
             if event.get("stop"):
                 last = event
         if last is None:
-            raise RuntimeError(f"llama-server ended the stream without its last event{self.engine.failure()}")
+            raise RuntimeError(f"llama-server ended the stream without its last event{engine.failure()}")
         finish = "length" if last.get("stop_type") == "limit" else "stop"
         yield Reply("".join(parts).strip(), int(ids.shape[1]), int(last.get("tokens_predicted", 0)), finish)
 
     def close(self) -> None:
-        self.engine.stop()
+        for engine in self.engines:
+            engine.stop()
