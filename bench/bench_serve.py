@@ -258,7 +258,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     env = {**os.environ, "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
            "XDG_CONFIG_HOME": str(work / "xdg"), "OMP_NUM_THREADS": str(a.threads)}  # the user's settings stay out
-    spec = "{" + ",".join(f"{n}:{x}" for n, x in zip(names, adapters)) + "}"
+    # quoted: a sweep job's folder (`5_lora.r=16,train.lr=0.004`) has Hydra's `=` and `,` in it
+    spec = "{" + ",".join(f"{n}:'{str(x)}'" for n, x in zip(names, adapters)) + "}"
     results, replies = {}, {}
 
     def front(engine: str, concurrent: int, *extra: str) -> tuple[list[str], str]:
