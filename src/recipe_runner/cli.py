@@ -133,7 +133,7 @@ def main() -> None:
     from recipe_runner.config.user_settings import file_overrides, settings_file
 
     try:
-        argv, recipes, staged = _recipe_files(sys.argv[1:])
+        argv, recipes, staged = _recipe_files(_quote_folders(sys.argv[1:]))
         sweep = _sweep_file(argv)  # sweep and search files are shared like recipes: data only
         search = _sweep_file(argv, "hparams_search")
         argv = _search(argv, search, sweep)
@@ -177,6 +177,23 @@ def _check_output_dir(argv: list[str]) -> None:
     if free_mb < MIN_FREE_MB:
         raise_user(f"paths.output_dir={folder}: only {free_mb:.0f} MB free; a run needs about {MIN_FREE_MB} MB "
                    f"(adapters, checkpoints, logs): free some space or choose another folder")
+
+
+HYDRA_SPECIAL = set("=,()[]{} \t'\"\\")
+
+
+def _quote_folders(argv: list[str]) -> list[str]:
+    """`adapter=outputs/sweeps/x/5_lora.r=16,train.lr=0.004`: a sweep or search job's folder has
+    Hydra's `=` and `,` in its name, which Hydra's override parser refuses (or reads as a sweep). A
+    value that is an existing file or folder goes in quoted, as the user meant it."""
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if (_is_override(arg) and value and value[0] not in "'\"" and HYDRA_SPECIAL & set(value)
+                and "'" not in value and Path(value).expanduser().exists()):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
 
 
 def _force_add_mappings(argv: list[str]) -> list[str]:

@@ -38,6 +38,17 @@ def test_cfg_job_shows_default_recipe_with_overrides():
     assert cfg.model.quant == "none"  # the CPU cut: plain LoRA on the float32 base (the GPU recipe: nf4)
 
 
+def test_a_sweep_jobs_folder_is_taken_as_given(tmp_path):
+    """A sweep or search job's folder has Hydra's `=` and `,` in its name: `adapter=` takes it as it is."""
+    job = tmp_path / "5_lora.r=16,train.lr=0.004"
+    job.mkdir()
+    res = run_cli("stage=export", f"adapter={job}", "--cfg", "job")
+    assert res.returncode == 0, res.stderr
+    assert OmegaConf.create(res.stdout).adapter == str(job)
+    res = run_cli("stage=export", f"adapter={tmp_path}/no=such,folder", "--cfg", "job")
+    assert res.returncode != 0  # not a folder: Hydra's own reading (a sweep needs -m) stays
+
+
 def test_unknown_key_fails_with_key_path():
     res = run_cli("--cfg", "job", "lora.rank=8")
     assert res.returncode != 0
