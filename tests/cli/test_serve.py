@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import NO_USER_SETTINGS, REPO, free_port, run_cli
+from conftest import NO_USER_SETTINGS, REPO, free_port, run_cli, start_serve
 
 KEY = "serve-test-key-7f3a"
 LIMITS = {"max_tokens": 128, "max_context_tokens": 512, "max_body_bytes": 16384}
@@ -154,6 +155,59 @@ def test_busy_server_says_429_and_keeps_serving(server, client):
         assert "".join(c.choices[0].delta.content or "" for c in first if c.choices)
     after = client.chat.completions.create(model="alex", messages=HELLO, max_tokens=4)  # the slot is back
     assert after.choices[0].message.content
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot_at_once(server, client):
+    """max_concurrent=1: a stream dropped after its first words stops generating, and the next request is
+    served long before that reply would have ended (the same reply, whole, is timed first)."""
+    long = [{"role": "user", "content": "Tell me everything about pods, nodes and DNS. " * 10}]
+    start = time.perf_counter()
+    whole = client.chat.completions.create(model="echo", messages=long, max_tokens=LIMITS["max_tokens"])
+    whole_s = time.perf_counter() - start
+    assert whole.usage.completion_tokens == LIMITS["max_tokens"]  # greedy: the dropped one would run as long
+    stream = client.chat.completions.create(model="echo", messages=long, max_tokens=LIMITS["max_tokens"],
+                                            stream=True)
+    next(c for c in stream if c.choices and c.choices[0].delta.content)
+    stream.close()  # the client leaves after its first words
+    left, refused = time.perf_counter(), 0
+    while True:
+        try:
+            client.chat.completions.create(model="alex", messages=HELLO, max_tokens=1)
+            break
+        except openai.RateLimitError:
+            refused += 1
+            time.sleep(0.01)
+    freed_s = time.perf_counter() - left
+    assert freed_s < whole_s / 2, (freed_s, whole_s, refused)  # run out, it held the slot ~whole_s
+
+
+def test_a_template_that_refuses_the_message_order_is_a_400(tiny_runs, tmp_path):
+    """A persona whose chat template raises on an order (Llama's and Mistral's: roles must alternate)."""
+    strict = tmp_path / "strict"
+    shutil.copytree(tiny_runs["alex"] / "adapters" / "best", strict)
+    card = json.loads((strict / "persona.json").read_text())
+    refuse = ("{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+              "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+              "{% endif %}{% endfor %}")
+    assert card["chat_template"]
+    card["chat_template"] = refuse + card["chat_template"]
+    (strict / "persona.json").write_text(json.dumps(card))
+    port = free_port()
+    served = start_serve([f"serve.adapters={{strict: {strict}}}", f"serve.port={port}", "logger.wandb.enabled=false",
+                          f"paths.output_dir={tmp_path}"], tmp_path, timeout=180)
+    try:
+        api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        assert api.chat.completions.create(model="strict", messages=HELLO, max_tokens=2).choices[0].message.content
+        twice = [*HELLO, {"role": "user", "content": "And DNS?"}]
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.chat.completions.create(model="strict", messages=twice, max_tokens=2)
+        error = refused.value.body.get("error", refused.value.body)
+        assert error["param"] == "messages" and "roles must alternate" in error["message"], error
+        assert api.chat.completions.create(model="strict", messages=HELLO, max_tokens=2).choices  # still serving
+    finally:
+        served.proc.send_signal(signal.SIGTERM)
+        assert served.proc.wait(timeout=60) == 0
+    assert "Traceback" not in served.log.read_text()
 
 
 RETRIED = ("valid stream", "stream dropped")  # in the burst these retry on 429 until served

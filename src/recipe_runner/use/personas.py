@@ -172,7 +172,7 @@ class Personas(PersonaCards):
                     yield piece
         finally:
             stop.set()  # a generator closed early stops generating at the next token
-        worker.join()
+            worker.join()  # and the model is free again when the caller goes on (serve gives the slot back)
         if "error" in result:
             raise result["error"]
         yield Reply("".join(parts).strip(), ids.shape[1], result["tokens"], result["finish"])

@@ -28,6 +28,7 @@ import traceback
 import uuid
 
 import uvicorn
+from jinja2 import TemplateError
 from fastapi import FastAPI, Request
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -120,7 +121,11 @@ def create_app(personas, serve_cfg, sampling_defaults: Sampling) -> FastAPI:
         system = personas.system_prompt(req.model)
         if system and not any(m["role"] == "system" for m in messages):  # the client's own one wins
             messages.insert(0, {"role": "system", "content": system})
-        ids = await run_in_threadpool(personas.encode, req.model, messages)  # counted here, generated from below
+        try:  # counted here, generated from below
+            ids = await run_in_threadpool(personas.encode, req.model, messages)
+        except TemplateError as exc:  # the persona's template refuses this order (Llama's: roles must alternate)
+            raise ApiError(400, f"the chat template of {req.model!r} refuses these messages: {exc}",
+                           param="messages", code="invalid_value") from None
         prompt_tokens = int(ids.shape[1])
         sampling = request_sampling(req, prompt_tokens, sampling_defaults, serve_cfg)
         note = request.state.note = {"model": req.model, "prompt": prompt_tokens}
@@ -181,9 +186,10 @@ async def events(pieces, head: dict, include_usage: bool, note: dict, lease: Lea
 
 
 class Stream(StreamingResponse):
-    """The SSE response. A client that leaves mid-stream does not stop its generation (personas.stream
-    cannot be cancelled): a thread runs it out and only then gives the slot back, so at most
-    serve.max_concurrent generations ever run."""
+    """The SSE response. A client that leaves mid-stream stops its generation: a thread closes the
+    generator (it stops at the next token: the in-process engines' stop flag, the engine's HTTP stream
+    closed) and then gives the slot back, so at most serve.max_concurrent generations ever run and a
+    slot is not held for a reply nobody reads."""
 
     def __init__(self, content, pieces, lease: Lease):
         super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -194,16 +200,19 @@ class Stream(StreamingResponse):
             await super().__call__(scope, receive, send)  # returns early when the client goes away
         finally:
             if not self.lease.done:
-                threading.Thread(target=run_out, args=(self.pieces, asyncio.get_running_loop(), self.lease),
-                                 daemon=True).start()
+                threading.Thread(target=stop_then_release, args=(self.pieces, asyncio.get_running_loop(),
+                                                                 self.lease), daemon=True).start()
 
 
-def run_out(pieces, loop, lease: Lease) -> None:
-    try:
-        for _ in pieces:
-            pass
-    except Exception:  # noqa: BLE001,S110 - nobody is listening any more
-        pass
+def stop_then_release(pieces, loop, lease: Lease) -> None:
+    while True:
+        try:
+            pieces.close()  # GeneratorExit at its yield: the generation stops there
+            break
+        except ValueError:  # "generator already executing": the thread pool is inside next(), one token
+            time.sleep(0.005)
+        except Exception:  # noqa: BLE001,S110 - nobody is listening any more
+            break
     try:
         loop.call_soon_threadsafe(lease.release)
     except RuntimeError:  # the server has stopped
