@@ -198,9 +198,19 @@ def _quote_folders(argv: list[str]) -> list[str]:
 
 def _force_add_mappings(argv: list[str]) -> list[str]:
     """`serve.adapters={alex: RUN, other: RUN}` sets a mapping of the user's own names: Hydra merges
-    a plain override into the schema's (empty) mapping and refuses new keys, so it goes in as `++`."""
-    return ["++" + a if _is_override(a) and a[0] not in "+~" and a.split("=", 1)[1].lstrip().startswith("{")
-            else a for a in argv]
+    a plain override into the schema's (empty) mapping and refuses new keys, so it goes in as `++`.
+    `data.sources.mine={path: ..., role: general}` adds a source: OmegaConf cannot set a new key of a
+    mapping of SourceConfig to a dict, but merges `data.sources={mine: {...}}`, so it goes in as that."""
+    out = []
+    for a in argv:
+        key, _, value = a.partition("=")
+        if _is_override(a) and a[0] not in "+~" and value.lstrip().startswith("{"):
+            parts = key.split(".")
+            if len(parts) == 3 and parts[:2] == ["data", "sources"]:
+                a = f"data.sources={{{parts[2]}: {value}}}"
+            a = "++" + a
+        out.append(a)
+    return out
 
 
 def _is_override(arg: str) -> bool:

@@ -49,6 +49,14 @@ def test_a_sweep_jobs_folder_is_taken_as_given(tmp_path):
     assert res.returncode != 0  # not a folder: Hydra's own reading (a sweep needs -m) stays
 
 
+def test_a_source_is_added_on_the_command_line():
+    res = run_cli("data.sources.extra={path: data/general/replay.jsonl, role: general, weight: 0.5}", "--cfg", "job")
+    assert res.returncode == 0, res.stderr
+    sources = OmegaConf.create(res.stdout).data.sources
+    assert sources.extra.path == "data/general/replay.jsonl" and sources.extra.weight == 0.5
+    assert sources.extra.format == "chat_jsonl" and "alex" in sources  # the schema's defaults; the recipe's stay
+
+
 def test_unknown_key_fails_with_key_path():
     res = run_cli("--cfg", "job", "lora.rank=8")
     assert res.returncode != 0
