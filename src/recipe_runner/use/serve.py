@@ -64,7 +64,7 @@ class Slots:
 
 
 class Lease:
-    """One generation's slot, given back once: when the generation ends, not when the client leaves."""
+    """One generation's slot, given back once: when the generation ends, or has stopped because its client left."""
 
     def __init__(self, slots: Slots):
         self.slots, self.done = slots, False
