@@ -96,7 +96,6 @@ class LlamaCppPersonas(PersonaCards):
         except BaseException:
             self.close()  # the servers already up stop with this one's failure
             raise
-        self.route = {n: self.engines[i % count] for i, n in enumerate(loras)}  # `base` goes to the first
         self.described = (f"llama.cpp ({Path(binary).name}, base {v.gguf_type} + {len(loras)} LoRA, {slots} slots"
                           + (f", {count} processes x {threads} threads" if count > 1 else "") + ")")
 
@@ -124,7 +123,7 @@ class LlamaCppPersonas(PersonaCards):
         self.check_name(name)
         ids = self.encode(name, messages) if ids is None else ids
         parts, last = [], None
-        engine = self.route.get(name, self.engines[0])
+        engine = self.engines[self.lora_ids.get(name, 0) % len(self.engines)]  # persona i to server i mod N; base: 0
         for event in engine.events("/completion", self.body(name, ids, sampling)):
             if event.get("content"):
                 parts.append(event["content"])
