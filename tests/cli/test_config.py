@@ -55,6 +55,8 @@ def test_a_source_is_added_on_the_command_line():
     sources = OmegaConf.create(res.stdout).data.sources
     assert sources.extra.path == "data/general/replay.jsonl" and sources.extra.weight == 0.5
     assert sources.extra.format == "chat_jsonl" and "alex" in sources  # the schema's defaults; the recipe's stay
+    named = run_cli("data.sources.extra={_target_: os.system, path: data/general/replay.jsonl}", "--cfg", "job")
+    assert named.returncode != 0 and "Key '_target_' not in 'SourceConfig'" in named.stderr  # a source is data
 
 
 def test_unknown_key_fails_with_key_path():
